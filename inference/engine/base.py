@@ -1,0 +1,126 @@
+"""The chunk-oriented interface every world engine implements (sim, lingbot-fast).
+
+An engine owns per-session world state. The engine process (rank 0) calls it
+from one thread only: open a session, generate chunks for a batch of sessions
+that share a signature, change a prompt, reset, close. Frames come back as
+uint8 RGB arrays; JPEG encoding and transport are the caller's job.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FPS = 16
+# LingBot's valid output sizes, written W*H (width first) everywhere in this repo.
+LINGBOT_SIZES = (
+    "832*480", "480*832", "1280*720", "720*1280", "1280*704", "704*1280", "704*1024", "1024*704",
+)
+
+
+class EngineUserError(ValueError):
+    """A request the engine refuses because of what the user sent (bad image, size...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(kw_only=True)
+class SessionSpec:
+    """What a session starts from."""
+
+    session_id: str
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    image: np.ndarray | None = None  # (H, W, 3) uint8 start image, any size
+
+
+@dataclass(kw_only=True)
+class ChunkWork:
+    """One chunk to generate for one session."""
+
+    session_id: str
+    chunk_index: int
+    poses: np.ndarray  # (F, 4, 4) float64 camera-to-world, OpenCV axes
+    keys: np.ndarray  # (F, 8) float32 held fraction per frame, columns w,a,s,d,i,j,k,l
+
+
+@dataclass(kw_only=True)
+class ChunkOutput:
+    """Frames of one generated chunk plus where the time went."""
+
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    model_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+@dataclass(kw_only=True)
+class EngineInfo:
+    """Static facts about a loaded engine (sent to the front in EngineReady)."""
+
+    name: str
+    model: str
+    device: str
+    sizes: list[str]
+    default_size: str
+    first_chunk_frames: int
+    chunk_frames: int
+    fps: int = FPS
+    world_size: int = 1
+    max_latent_frames: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def parse_size(size: str, allowed: list[str] | tuple[str, ...]) -> tuple[int, int]:
+    """'832*480' -> (832, 480); raises EngineUserError naming the allowed sizes."""
+    if size not in allowed:
+        raise EngineUserError("bad_field", f"size {size!r} is not one of {', '.join(allowed)}")
+    w, h = size.split("*")
+    return int(w), int(h)
+
+
+class WorldEngine(abc.ABC):
+    """A world model that turns per-frame camera poses into video frames, chunk by chunk."""
+
+    @abc.abstractmethod
+    def info(self) -> EngineInfo:
+        """Describe the engine (sizes, chunk lengths, device)."""
+
+    def warm_up(self) -> None:
+        """Run whatever makes the first real chunk fast (compile, allocate); optional."""
+
+    @abc.abstractmethod
+    def open_session(self, spec: SessionSpec) -> str:
+        """Create the session's state and return its batching signature.
+
+        Sessions with equal signatures run the identical computational graph
+        and may share one `generate` call. Raises EngineUserError on bad input.
+        """
+
+    @abc.abstractmethod
+    def generate(self, works: list[ChunkWork]) -> list[ChunkOutput]:
+        """Generate one chunk for each work item (all with one signature), in order."""
+
+    @abc.abstractmethod
+    def set_prompt(self, session_id: str, prompt: str) -> None:
+        """Change the text condition; the world state (position, caches) is kept."""
+
+    @abc.abstractmethod
+    def reset(self, session_id: str) -> None:
+        """Return the session to its start image and start pose."""
+
+    @abc.abstractmethod
+    def close_session(self, session_id: str) -> None:
+        """Drop every resource held for the session (unknown ids are ignored)."""
+
+    @abc.abstractmethod
+    def render_test_frame(self, prompt: str, seed: int, width: int, height: int) -> np.ndarray:
+        """One stand-alone (H, W, 3) uint8 frame for /test-frame."""
+
+    def close(self) -> None:
+        """Release the engine (process exit follows)."""

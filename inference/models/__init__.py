@@ -1,0 +1,1 @@
+"""Model code for LingBot-World-Fast (no torch.distributed, no environment reads)."""
