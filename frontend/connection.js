@@ -107,7 +107,9 @@ export class StreamConnection {
 
   startPing() {
     this.stopPing();
-    this.pingTimer = setInterval(() => this.send({ type: "ping", t: performance.now() }), PING_EVERY_MS);
+    const ping = () => this.send({ type: "ping", t: performance.now() });
+    ping();
+    this.pingTimer = setInterval(ping, PING_EVERY_MS);
   }
 
   stopPing() {

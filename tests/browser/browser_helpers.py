@@ -1,0 +1,46 @@
+"""Shared steps for the browser tests: open the page, start a world, read the canvas."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Shrinks the canvas to a small thumbnail so comparisons ignore JPEG noise and stay cheap.
+_SAMPLE_JS = """() => {
+  const view = document.getElementById('view');
+  const thumb = document.createElement('canvas');
+  thumb.width = 64; thumb.height = 36;
+  const ctx = thumb.getContext('2d');
+  ctx.drawImage(view, 0, 0, 64, 36);
+  return {drawn: window.__worldDebug.frames.drawn,
+          pixels: Array.from(ctx.getImageData(0, 0, 64, 36).data)};
+}"""
+
+
+def open_page(page, server):
+    """Load the page and wait until its WebSocket is connected."""
+    page.goto(server.base_url)
+    page.wait_for_function("() => window.__worldDebug && window.__worldDebug.connected", timeout=15000)
+
+
+def start_world(page, min_frames: int = 3):
+    """Press Start and wait until frames are being drawn."""
+    page.click("#start")
+    page.wait_for_function(
+        f"() => window.__worldDebug.frames.drawn >= {min_frames}", timeout=30000)
+
+
+def sample(page) -> tuple[int, np.ndarray]:
+    """(frames drawn so far, RGB thumbnail of the canvas as float32 (36, 64, 3))."""
+    result = page.evaluate(_SAMPLE_JS)
+    rgba = np.asarray(result["pixels"], dtype=np.float32).reshape(36, 64, 4)
+    return result["drawn"], rgba[..., :3]
+
+
+def wait_new_frames(page, after: int, count: int = 2, timeout: float = 15000):
+    page.wait_for_function(
+        f"() => window.__worldDebug.frames.drawn >= {after + count}", timeout=timeout)
+
+
+def change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute per-channel difference between two thumbnails (0..255)."""
+    return float(np.abs(a - b).mean())

@@ -1,0 +1,189 @@
+"""The stream page against the real server with the sim engine, in headless Chromium."""
+
+from __future__ import annotations
+
+import pytest
+
+from browser_helpers import change, open_page, sample, start_world, wait_new_frames
+
+pytestmark = pytest.mark.browser
+
+
+def test_page_loads_with_server_config(page, server):
+    """The page connects and fills its size list and upsampler toggle from /config."""
+    open_page(page, server)
+    config = page.evaluate("() => fetch('config').then(r => r.json())")
+    options = page.eval_on_selector_all("#size option", "els => els.map(e => e.value)")
+    assert options == config["sizes"]
+    assert page.input_value("#size") == config["default_size"]
+    assert page.text_content("#conn-state").strip() == "Connected"
+    upsample_disabled = page.is_disabled("#upsample")
+    assert upsample_disabled == (not config["upsampler"])
+    if upsample_disabled:
+        assert "not available" in page.get_attribute("#upsample-label", "title")
+    assert page.text_content("#stat-engine").strip() == config["engine"]
+    assert page.js_errors == []
+
+
+def test_session_streams_changing_frames(page, server, artifacts_dir):
+    """After Start the canvas shows a stream of frames whose picture changes over time."""
+    open_page(page, server)
+    start_world(page)
+    assert page.is_hidden("#stage-hint")
+    drawn0, first = sample(page)
+    assert first.std() > 2.0, "the canvas should show a picture, not a flat colour"
+    page.wait_for_timeout(1500)
+    wait_new_frames(page, drawn0, count=5)
+    _, later = sample(page)
+    assert change(first, later) > 0.5
+    session = page.evaluate("() => window.__worldDebug.session")
+    assert session["engine"] == page.text_content("#stat-engine").strip()
+    page.screenshot(path=str(artifacts_dir / "stream-1280.png"))
+
+
+def test_overlay_shows_plausible_fps(page, server):
+    """A few seconds into a session the overlay shows a plausible client and server frame rate."""
+    open_page(page, server)
+    start_world(page)
+    page.wait_for_function(
+        "() => window.__worldDebug.stats !== null && window.__worldDebug.frames.received > 40",
+        timeout=30000)
+    page.wait_for_timeout(1000)  # the overlay refreshes twice a second
+    client_fps = float(page.text_content("#stat-fps"))
+    server_fps = float(page.text_content("#stat-server-fps"))
+    assert 5.0 <= client_fps <= 20.0
+    assert 5.0 <= server_fps <= 20.0
+    assert page.text_content("#stat-latency").strip().endswith("ms")
+
+
+def test_holding_w_moves_the_picture_more_than_standing_still(page, server):
+    """Holding W changes the picture far more over 1.5 s than standing still does."""
+    open_page(page, server)
+    start_world(page)
+    page.wait_for_timeout(1500)  # let the first chunk settle
+    drawn, idle_a = sample(page)
+    page.wait_for_timeout(1500)
+    wait_new_frames(page, drawn)
+    drawn, idle_b = sample(page)
+    page.keyboard.down("w")
+    page.wait_for_timeout(1500)
+    wait_new_frames(page, drawn)
+    _, moved = sample(page)
+    page.keyboard.up("w")
+    idle_change, move_change = change(idle_a, idle_b), change(idle_b, moved)
+    assert move_change > 3.0
+    assert move_change > 2.0 * idle_change + 1.0, (idle_change, move_change)
+    sent = page.evaluate("() => window.__worldDebug.sent")
+    assert sent.get("control_down") == 1 and sent.get("control_up") == 1
+
+
+def test_held_key_sends_one_down_edge_and_highlights_legend(page, server):
+    """Auto-repeat of a held key sends a single down edge and the legend lights the key."""
+    open_page(page, server)
+    start_world(page)
+    for _ in range(5):
+        page.keyboard.down("d")  # Playwright marks the repeats with event.repeat
+    page.wait_for_timeout(100)
+    assert page.evaluate("() => window.__worldDebug.sent.control_down") == 1
+    assert "held" in page.get_attribute("kbd[data-key='d']", "class")
+    page.keyboard.up("d")
+    assert page.evaluate("() => window.__worldDebug.sent.control_up") == 1
+    assert "held" not in (page.get_attribute("kbd[data-key='d']", "class") or "")
+
+
+def test_typing_in_prompt_sends_no_controls(page, server):
+    """Typing W A S D and arrows in the prompt box edits the text and steers nothing."""
+    open_page(page, server)
+    start_world(page)
+    page.fill("#prompt", "")
+    page.type("#prompt", "wasd ijkl")
+    page.keyboard.press("ArrowLeft")
+    assert page.input_value("#prompt") == "wasd ijkl"
+    sent = page.evaluate("() => window.__worldDebug.sent")
+    assert "control_down" not in sent and "control_up" not in sent
+
+
+@pytest.mark.parametrize("lose_focus", [
+    "window.dispatchEvent(new Event('blur'))",
+    "Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});"
+    " document.dispatchEvent(new Event('visibilitychange'))",
+], ids=["blur", "hidden"])
+def test_losing_focus_releases_held_keys(page, server, lose_focus):
+    """When the page loses focus or visibility every held key is released with an up edge."""
+    open_page(page, server)
+    start_world(page)
+    page.keyboard.down("w")
+    page.keyboard.down("ArrowLeft")
+    page.wait_for_function("() => window.__worldDebug.sent.control_down === 2")
+    page.evaluate(f"() => {{ {lose_focus}; }}")
+    debug = page.evaluate("() => ({sent: window.__worldDebug.sent, held: window.__worldDebug.held})")
+    assert debug["sent"].get("control_up") == 2
+    assert debug["held"] == []
+    page.keyboard.up("w")  # the late physical release sends nothing more
+    page.keyboard.up("ArrowLeft")
+    assert page.evaluate("() => window.__worldDebug.sent.control_up") == 2
+
+
+def test_server_error_is_shown(page, server):
+    """An init the server rejects (a size it does not offer) shows a clear visible message."""
+    open_page(page, server)
+    page.evaluate("""() => {
+        const select = document.getElementById('size');
+        select.add(new Option('7 × 7', '7*7'));
+        select.value = '7*7';
+    }""")
+    page.click("#start")
+    message = page.locator("#message")
+    message.wait_for(state="visible", timeout=15000)
+    page.wait_for_function("() => document.getElementById('message').dataset.code === 'bad_field'",
+                           timeout=15000)
+    assert "rejected a setting" in message.text_content()
+    assert page.text_content("#start").strip() == "Start"
+    # The connection stays usable: a valid start now streams.
+    page.select_option("#size", page.eval_on_selector("#size option", "o => o.value"))
+    start_world(page)
+    assert page.is_hidden("#message") or message.get_attribute("data-code") != "bad_field"
+
+
+def test_narrow_screen_has_touch_pad_and_no_sideways_scroll(browser, server, artifacts_dir):
+    """At 360 px wide the page fits without horizontal scrolling and the touch pad steers."""
+    context = browser.new_context(viewport={"width": 360, "height": 780}, has_touch=True,
+                                  is_mobile=True, device_scale_factor=2)
+    try:
+        page = context.new_page()
+        open_page(page, server)
+        start_world(page)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
+        assert page.is_visible("#pads")
+        pad = page.locator("#pads [data-key='w']")
+        box = pad.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.wait_for_function("() => window.__worldDebug.sent.control_down === 1")
+        assert page.evaluate("() => window.__worldDebug.held") == ["w"]
+        page.mouse.up()
+        page.wait_for_function("() => window.__worldDebug.sent.control_up === 1")
+        page.screenshot(path=str(artifacts_dir / "stream-360.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_large_start_image_is_downscaled_and_used(page, server):
+    """A large start image chosen with the file picker is shrunk to at most 1280 px and starts the world."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.new("RGB", (3000, 2000), (200, 120, 40))
+    for x in range(0, 3000, 200):
+        picture.paste((30, 60, 200), (x, 0, x + 100, 2000))
+    png = io.BytesIO()
+    picture.save(png, "PNG")
+    open_page(page, server)
+    page.set_input_files("#image-file", files=[{"name": "big.png", "mimeType": "image/png",
+                                                 "buffer": png.getvalue()}])
+    page.locator("#image-preview").wait_for(state="visible", timeout=15000)
+    assert page.text_content("#image-caption").startswith("1280×853")
+    start_world(page)
+    assert page.evaluate("() => window.__worldDebug.session") is not None
+    assert not (page.is_visible("#message") and page.get_attribute("#message", "data-level") == "error")
