@@ -1,0 +1,61 @@
+"""The one attention function of the DiT: FlashAttention 3 or 2 when usable, else torch SDPA."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+try:  # FlashAttention 3 (Hopper build)
+    import flash_attn_interface as _fa3
+except Exception:  # noqa: BLE001 - a missing or broken build means "not available"
+    _fa3 = None
+
+try:  # FlashAttention 2
+    import flash_attn as _fa2
+except Exception:  # noqa: BLE001
+    _fa2 = None
+
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+FA2_MAX_HEAD_DIM = 256
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
+def attention_backend(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None) -> str:
+    """Which kernel `attention` will use for these inputs: 'fa3', 'fa2' or 'sdpa'."""
+    flash_ok = (q.is_cuda and key_mask is None and q.dtype in FLASH_DTYPES and k.dtype == q.dtype
+                and q.shape[-1] <= FA2_MAX_HEAD_DIM)
+    if not flash_ok:
+        return "sdpa"
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    if _fa3 is not None and _compute_capability(index)[0] >= 9:
+        return "fa3"
+    if _fa2 is not None and _compute_capability(index)[0] >= 8:
+        return "fa2"
+    return "sdpa"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax(q k^T / sqrt(head_dim)) v, no causal mask.
+
+    q (B, Lq, heads, head_dim), k and v (B, Lk, heads, head_dim); key_mask
+    (B, Lk) bool, True where a key may be attended (only SDPA takes a mask).
+    Returns (B, Lq, heads, head_dim) in q's dtype.
+    """
+    backend = attention_backend(q, k, key_mask)
+    if backend == "fa3":
+        out = _fa3.flash_attn_func(q, k, v, causal=False)
+        # Some FA3 releases return (out, softmax_lse).
+        return out[0] if isinstance(out, tuple) else out
+    if backend == "fa2":
+        return _fa2.flash_attn_func(q, k, v, causal=False)
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype), attn_mask=mask)
+    return out.transpose(1, 2).to(q.dtype)  # (B, Lq, heads, head_dim)

@@ -1,0 +1,161 @@
+"""The LingBot-World-Fast causal DiT: one chunk of latent frames per call, for a batch of session slots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.models.config import DiTConfig
+from inference.models.dit_blocks import DiTBlock, Head, run_in_weight_dtype
+from inference.models.kv_cache import DiTCache, SelfAttentionCache, TextCache, slot_rows
+from inference.models.rope import RotaryTables
+
+CONDITION_CHANNELS_I2V = 20  # 4 mask + 16 image latent
+
+
+def sinusoidal_embedding(freq_dim: int, t: torch.Tensor) -> torch.Tensor:
+    """(B,) timesteps -> (B, freq_dim) float64: [cos, sin] of t * 10000^(-i/half)."""
+    half = freq_dim // 2
+    t = t.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t, freqs)  # (B, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class CausalDiT(nn.Module):
+    """Causal Wan DiT with camera control; parameter names match the reference `WanModelFast`."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        dim, patch = config.dim, config.patch_size
+        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=patch, stride=patch)
+        self.patch_embedding_wancamctrl = nn.Linear(config.control_channels * config.patch_volume, dim)
+        self.c2ws_hidden_states_layer1 = nn.Linear(dim, dim)
+        self.c2ws_hidden_states_layer2 = nn.Linear(dim, dim)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList(
+            DiTBlock(dim, config.ffn_dim, config.num_heads, config.qk_norm, config.cross_attn_norm, config.eps)
+            for _ in range(config.num_layers))
+        self.head = Head(dim, config.out_dim, config.patch_volume, config.eps)
+        self.rope = RotaryTables(config.head_dim)
+
+    def rebuild_buffers(self, device: torch.device | str) -> None:
+        """Recompute the non-persistent RoPE tables (needed after building on the meta device)."""
+        self.rope.rebuild(device)
+
+    def new_cache(self, *, capacity: int, frame_seqlen: int, kv_frames: int | None = None,
+                  local_attn_size: int | None = None, sink_size: int | None = None,
+                  max_attention_tokens: int | None = None, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> DiTCache:
+        """Allocate caches for `capacity` session slots.
+
+        Window mode (local_attn_size != -1, default from the config) holds
+        local_attn_size frames with sink_size pinned frames; global mode holds
+        `kv_frames` frames per slot (required then) and raises CacheFull beyond.
+        """
+        cfg = self.config
+        local = cfg.local_attn_size if local_attn_size is None else local_attn_size
+        sink = cfg.sink_size if sink_size is None else sink_size
+        window = local != -1
+        frames = local if window else kv_frames
+        if frames is None or frames <= 0:
+            raise ValueError(f"global-mode cache needs kv_frames > 0 (got {kv_frames}); or pass local_attn_size")
+        weight = self.patch_embedding.weight
+        dtype = weight.dtype if dtype is None else dtype
+        device = weight.device if device is None else device
+        shape = dict(num_layers=cfg.num_layers, capacity=capacity, num_heads=cfg.num_heads,
+                     head_dim=cfg.head_dim, dtype=dtype, device=device)
+        self_kv = SelfAttentionCache(kv_tokens=frames * frame_seqlen, frame_seqlen=frame_seqlen, window=window,
+                                     sink_frames=sink, max_attention_tokens=max_attention_tokens, **shape)
+        return DiTCache(self_kv=self_kv, text=TextCache(text_len=cfg.text_len, **shape))
+
+    @torch.no_grad()
+    def set_prompt(self, cache: DiTCache, slot: int, context: torch.Tensor) -> None:
+        """Encode a prompt's text features (L_text, text_dim) into a slot's cross-attention K/V."""
+        cfg = self.config
+        if context.ndim != 2 or context.shape[1] != cfg.text_dim or context.shape[0] > cfg.text_len:
+            raise ValueError(f"context shape {tuple(context.shape)}: expected (L <= {cfg.text_len}, {cfg.text_dim})")
+        weight = self.text_embedding[0].weight
+        padded = torch.zeros(1, cfg.text_len, cfg.text_dim, dtype=weight.dtype, device=weight.device)
+        padded[0, :context.shape[0]] = context.to(padded)  # padded rows are attended, as in the reference
+        embedded = self.text_embedding(padded)  # (1, text_len, dim)
+        for layer, block in enumerate(self.blocks):
+            k, v = block.cross_attn.project_context(embedded)  # (1, text_len, heads, head_dim)
+            cache.text.k[layer, slot] = k[0].to(cache.text.k.dtype)
+            cache.text.v[layer, slot] = v[0].to(cache.text.v.dtype)
+        cache.text.ready[slot] = True
+
+    def embed_control(self, control: torch.Tensor) -> torch.Tensor:
+        """Control (B, C, F, h, w) -> camera tokens (B, L, dim): patchify like the latent, Linear, residual MLP."""
+        b, c, f, h, w = control.shape
+        if c != self.config.control_channels:
+            raise ValueError(f"control has {c} channels; a '{self.config.control_type}' model expects "
+                             f"{self.config.control_channels}")
+        pf, ph, pw = self.config.patch_size
+        patches = control.reshape(b, c, f // pf, pf, h // ph, ph, w // pw, pw)  # (B, C, f, pf, h, ph, w, pw)
+        # Token order (f h w), channel order (c pf ph pw) as in the reference rearrange.
+        patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, (f // pf) * (h // ph) * (w // pw), -1)
+        tokens = run_in_weight_dtype(self.patch_embedding_wancamctrl, patches)  # (B, L, dim)
+        hidden = self.c2ws_hidden_states_layer2(F.silu(self.c2ws_hidden_states_layer1(tokens)))
+        return tokens + hidden
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor, control: torch.Tensor | None,
+                cache: DiTCache, start_frames: Sequence[int], slots: Sequence[int] | None = None) -> torch.Tensor:
+        """Flow prediction (B, out_dim, F, h, w) for one chunk of each batch item.
+
+        x (B, 16, F, h, w) noisy latent; y (B, 20, F, h, w) condition ('i2v');
+        t (B,) timesteps; control (B, C, F, h, w) or None; start_frames: host
+        ints, each item's first latent frame; slots: host ints, each item's
+        cache slot (default 0..B-1). Writes this chunk's keys into the cache.
+        """
+        batch = x.shape[0]
+        slots = list(range(batch)) if slots is None else list(slots)
+        start_frames = [int(s) for s in start_frames]
+        if len(slots) != batch or len(start_frames) != batch:
+            raise ValueError(f"batch {batch}: got {len(slots)} slots and {len(start_frames)} start_frames")
+        cache.text.check_ready(slots)
+        tokens, grid = self.embed_latent(x, y)  # (B, L, dim) float32
+        frame_seqlen = grid[1] * grid[2]
+        if frame_seqlen != cache.self_kv.frame_seqlen:
+            raise ValueError(f"latent grid {grid} gives {frame_seqlen} tokens per frame; "
+                             f"the cache was built for {cache.self_kv.frame_seqlen}")
+        rope = self.rope.for_grid(grid, start_frames)  # before the cache moves: a limit error leaves it intact
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(tokens.device)).to(
+            self.time_embedding[0].weight.dtype)).float()  # (B, dim)
+        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(1, (6, -1))
+        camera = None if control is None else self.embed_control(control)
+        plan = cache.self_kv.plan(slots, [s * frame_seqlen for s in start_frames], tokens.shape[1])
+        rows = slot_rows(slots, tokens.device)
+        for layer, block in enumerate(self.blocks):
+            tokens = block(tokens, e0, rope, camera, cache.text.layer(layer, rows), cache.self_kv, layer, plan)
+        return self.unpatchify(self.head(tokens, e), grid)
+
+    def embed_latent(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Concatenate latent and condition, Conv3d patch embed -> tokens (B, L, dim) and grid (F, h, w)."""
+        if self.config.model_type == "i2v":
+            if y is None:
+                raise ValueError("an 'i2v' DiT needs the condition y (B, 20, F, h, w)")
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        if x.shape[1] != self.config.in_dim:
+            raise ValueError(f"latent+condition has {x.shape[1]} channels; expected in_dim {self.config.in_dim}")
+        weight = self.patch_embedding.weight
+        embedded = self.patch_embedding(x.to(weight.dtype))  # (B, dim, F, h, w) in patches
+        grid = tuple(embedded.shape[2:])
+        return embedded.flatten(2).transpose(1, 2).float(), grid  # (B, L, dim)
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(B, L, patch_volume * out_dim) -> (B, out_dim, F*pf, h*ph, w*pw)."""
+        b = tokens.shape[0]
+        f, h, w = grid
+        pf, ph, pw = self.config.patch_size
+        c = self.config.out_dim
+        out = tokens.view(b, f, h, w, pf, ph, pw, c)  # channel order (pf ph pw c) as the head emits it
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, c, f, pf, h, ph, w, pw)
+        return out.reshape(b, c, f * pf, h * ph, w * pw)

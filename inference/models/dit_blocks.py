@@ -1,0 +1,155 @@
+"""Transformer blocks of the causal DiT: cached self-attention, camera injection, cross-attention, FFN, head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.models.attention import attention
+from inference.models.kv_cache import CachePlan, SelfAttentionCache
+from inference.models.rope import apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight over the last dim, computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+class FloatLayerNorm(nn.LayerNorm):
+    """LayerNorm evaluated in float32 whatever the weight dtype (as the reference's autocast regions do)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+def layer_norm(dim: int, eps: float, affine: bool) -> FloatLayerNorm:
+    return FloatLayerNorm(dim, eps=eps, elementwise_affine=affine)
+
+
+def run_in_weight_dtype(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a layer to x cast to the layer's weight dtype (float32 residual, bf16 weights on GPU)."""
+    return layer(x.to(layer.weight.dtype))
+
+
+class CausalSelfAttention(nn.Module):
+    """Self-attention of a chunk over itself and the cached past, with q/k RMSNorm and 3-D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache,
+                layer: int, plan: CachePlan) -> torch.Tensor:
+        batch, length, _ = x.shape
+        x = x.to(self.q.weight.dtype)
+        # RMSNorm runs over the full width, before the head split.
+        q = self.norm_q(self.q(x)).view(batch, length, self.num_heads, self.head_dim)  # (B, L, heads, head_dim)
+        k = self.norm_k(self.k(x)).view(batch, length, self.num_heads, self.head_dim)
+        v = self.v(x).view(batch, length, self.num_heads, self.head_dim)
+        cos, sin = rope
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        k_window, v_window, key_mask = cache.store(layer, plan, k, v)
+        out = attention(q, k_window, v_window.to(q.dtype), key_mask)  # (B, L, heads, head_dim)
+        return self.o(out.flatten(2))  # (B, L, dim)
+
+
+class CrossAttention(nn.Module):
+    """Attention of the tokens to the (cached) projected text context."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, text_len, heads, head_dim) of an embedded context (B, text_len, dim)."""
+        batch, length, _ = context.shape
+        context = context.to(self.k.weight.dtype)
+        k = self.norm_k(self.k(context)).view(batch, length, self.num_heads, self.head_dim)
+        v = self.v(context).view(batch, length, self.num_heads, self.head_dim)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        x = x.to(self.q.weight.dtype)
+        q = self.norm_q(self.q(x)).view(batch, length, self.num_heads, self.head_dim)  # (B, L, heads, head_dim)
+        out = attention(q, k.to(q.dtype), v.to(q.dtype))
+        return self.o(out.flatten(2))  # (B, L, dim)
+
+
+class DiTBlock(nn.Module):
+    """One block: modulated self-attention, camera injection, cross-attention, modulated FFN."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool, cross_attn_norm: bool, eps: float):
+        super().__init__()
+        self.norm1 = layer_norm(dim, eps, affine=False)
+        self.self_attn = CausalSelfAttention(dim, num_heads, qk_norm, eps)
+        self.norm3 = layer_norm(dim, eps, affine=True) if cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(dim, num_heads, qk_norm, eps)
+        self.norm2 = layer_norm(dim, eps, affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.cam_injector_layer1 = nn.Linear(dim, dim)
+        self.cam_injector_layer2 = nn.Linear(dim, dim)
+        self.cam_scale_layer = nn.Linear(dim, dim)
+        self.cam_shift_layer = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                camera: torch.Tensor | None, text_kv: tuple[torch.Tensor, torch.Tensor],
+                cache: SelfAttentionCache, layer: int, plan: CachePlan) -> torch.Tensor:
+        """x (B, L, dim) float32, e0 (B, 6, dim) float32, camera (B, L, dim) or None."""
+        mod = (self.modulation.float() + e0).unsqueeze(2)  # (B, 6, 1, dim): broadcast over tokens
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)
+        y = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, rope, cache, layer, plan)
+        x = x + y.float() * gate1
+        if camera is not None:
+            hidden = run_in_weight_dtype(self.cam_injector_layer2,
+                                         F.silu(run_in_weight_dtype(self.cam_injector_layer1, camera))) + camera
+            scale = run_in_weight_dtype(self.cam_scale_layer, hidden).float()
+            shift = run_in_weight_dtype(self.cam_shift_layer, hidden).float()
+            x = (1.0 + scale) * x + shift
+        x = x + self.cross_attn(self.norm3(x), *text_kv).float()
+        y = run_in_weight_dtype(self.ffn[0], self.norm2(x) * (1 + scale2) + shift2)
+        y = self.ffn[2](self.ffn[1](y))
+        return x + y.float() * gate2
+
+
+class Head(nn.Module):
+    """Final modulated LayerNorm + Linear to patch_volume * out_dim channels per token."""
+
+    def __init__(self, dim: int, out_dim: int, patch_volume: int, eps: float):
+        super().__init__()
+        self.norm = layer_norm(dim, eps, affine=False)
+        self.head = nn.Linear(dim, patch_volume * out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x (B, L, dim) float32, e (B, dim) float32 -> (B, L, patch_volume * out_dim) float32."""
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)  # (B, 1, dim) each
+        return run_in_weight_dtype(self.head, self.norm(x) * (1 + scale) + shift).float()
