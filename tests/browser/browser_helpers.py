@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+AUTH_TOKEN_FOR_TESTS = "browser-test-token"
+
 # Shrinks the canvas to a small thumbnail so comparisons ignore JPEG noise and stay cheap.
 _SAMPLE_JS = """() => {
   const view = document.getElementById('view');

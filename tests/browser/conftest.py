@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from browser_helpers import AUTH_TOKEN_FOR_TESTS
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "artifacts" / "browser"
@@ -34,8 +36,9 @@ def _get(url: str, timeout: float = 2.0) -> int:
 class ServerProcess:
     """One `python ws_server.py` child with its ports read from the run directory."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, extra_env: dict[str, str] | None = None):
         self.run_dir = run_dir
+        self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
         self.http_port = 0
         self.ws_port = 0
@@ -49,7 +52,7 @@ class ServerProcess:
         ports_file = self.run_dir / "ports.json"
         ports_file.unlink(missing_ok=True)
         env = dict(os.environ, HTTP_PORT=str(http_port), WS_PORT=str(ws_port),
-                   WS_HOST="127.0.0.1", RUN_DIR=str(self.run_dir))
+                   WS_HOST="127.0.0.1", RUN_DIR=str(self.run_dir), **self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "ws_server.py"], cwd=REPO, env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
@@ -88,8 +91,8 @@ class ServerProcess:
             return "(no log)"
 
 
-def _start_server(run_dir: Path):
-    server = ServerProcess(run_dir)
+def _start_server(run_dir: Path, extra_env: dict[str, str] | None = None):
+    server = ServerProcess(run_dir, extra_env)
     server.start()
     try:
         yield server
@@ -107,6 +110,12 @@ def server(tmp_path_factory):
 def own_server(tmp_path):
     """A server this test may stop and restart."""
     yield from _start_server(tmp_path)
+
+
+@pytest.fixture
+def auth_server(tmp_path):
+    """A server that requires the access token `AUTH_TOKEN_FOR_TESTS`."""
+    yield from _start_server(tmp_path, {"AUTH_TOKEN": AUTH_TOKEN_FOR_TESTS})
 
 
 @pytest.fixture(scope="session")
