@@ -1,0 +1,101 @@
+"""Rank 0's I/O thread: owns the ZeroMQ socket to the front, heartbeats, parent watch.
+
+The step loop never touches the front's socket. Inbound messages land in a
+bounded queue the loop drains; outbound messages go through an inproc PUSH
+socket owned by the loop's thread, so every socket has exactly one owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+import msgspec
+import zmq
+
+from inference import protocol as P
+
+log = logging.getLogger("engine.link")
+
+INBOUND_LIMIT = 4096  # front sends at most one pending step per session plus a few control messages
+
+
+class FrontLink:
+    """Connects to the front's PAIR socket and shuttles messages on a daemon thread."""
+
+    def __init__(self, endpoint: str, *, heartbeat_s: float = 0.5, status=None):
+        self.endpoint = endpoint
+        self.heartbeat_s = heartbeat_s
+        self.inbound: queue.Queue = queue.Queue(maxsize=INBOUND_LIMIT)
+        self.status = status or (lambda: {})  # called on the I/O thread for heartbeat fields
+        self.busy_since: float | None = None  # written by the loop, read by the I/O thread
+        self.closed = threading.Event()
+        self._ctx = zmq.Context.instance()
+        self._out_addr = f"inproc://engine-out-{id(self)}"
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.bind(self._out_addr)
+        self._push = self._ctx.socket(zmq.PUSH)  # owned by the loop thread
+        self._push.connect(self._out_addr)
+        self._parent = os.getppid()
+        self._thread = threading.Thread(target=self._run, name="front-link", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, msg: msgspec.Struct, *payloads: bytes) -> None:
+        """Queue a message for the front (loop thread only)."""
+        self._push.send_multipart([P.encode(msg), *payloads], copy=False)
+
+    def close(self, linger_s: float = 2.0) -> None:
+        """Flush what was sent and stop the I/O thread."""
+        self._push.send_multipart([b"__close__"])
+        self._thread.join(timeout=linger_s + 1.0)
+        self._push.close(linger=0)
+
+    def _run(self) -> None:
+        sock = self._ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(self.endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._pull, zmq.POLLIN)
+        next_beat = 0.0
+        try:
+            while True:
+                now = time.time()
+                if now >= next_beat:
+                    sock.send(P.encode(self._heartbeat(now)))
+                    next_beat = now + self.heartbeat_s
+                    if os.getppid() != self._parent:  # the front (or torchrun) died: do not linger
+                        log.error("parent process %d is gone; engine exits", self._parent)
+                        self.inbound.put(P.Shutdown())
+                events = dict(poller.poll(timeout=max(1, int((next_beat - now) * 1000))))
+                if self._pull in events:
+                    parts = self._pull.recv_multipart(copy=False)
+                    if bytes(parts[0]) == b"__close__":
+                        return
+                    sock.send_multipart(parts, copy=False)
+                if sock in events:
+                    self._receive(sock.recv_multipart())
+        finally:
+            sock.close()
+            self._pull.close(linger=0)
+            self.closed.set()
+
+    def _receive(self, parts: list[bytes]) -> None:
+        try:
+            msg = P.decode_to_engine(parts[0])
+        except msgspec.DecodeError as exc:  # a protocol bug, not user input: say so loudly
+            log.error("undecodable message from front (%d bytes): %s", len(parts[0]), exc)
+            return
+        try:
+            self.inbound.put_nowait(msg)
+        except queue.Full:
+            log.error("inbound queue full (%d); dropping %s", INBOUND_LIMIT, type(msg).__name__)
+
+    def _heartbeat(self, now: float) -> P.Heartbeat:
+        extra = self.status()
+        return P.Heartbeat(sent_at=now, busy_since=self.busy_since, **extra)

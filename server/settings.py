@@ -1,0 +1,119 @@
+"""Server settings read once from the environment (every variable is in the README table)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the server cannot use."""
+
+
+def _int(env: dict, name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is outside {lo}..{hi}")
+    return value
+
+
+def _float(env: dict, name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is outside {lo}..{hi}")
+    return value
+
+
+@dataclass(kw_only=True)
+class Settings:
+    """Everything the front needs to know, with production defaults."""
+
+    ws_host: str = "0.0.0.0"  # WebSocket bind address
+    ws_port: int = 8765  # 0 = pick a free port (written to RUN_DIR/ports.json)
+    http_host: str = "0.0.0.0"  # HTTP bind address
+    http_port: int = 8080  # 0 = pick a free port
+    run_dir: Path = Path("run")  # PID files, ports.json, engine and upsampler logs
+    engine: str = "sim"  # sim | lingbot-fast
+    model_dir: str = ""  # checkpoint folder for lingbot-fast
+    chunk_frames: int = 4  # video frames per chunk for the sim engine
+    num_gpus: int = 0  # >1 launches the engine under torchrun
+    engine_args: list[str] = field(default_factory=list)  # extra engine CLI args (ENGINE_ARGS)
+    max_sessions: int = 8  # concurrent sessions; the next init gets `busy`
+    allowed_origins: list[str] | None = None  # None = any origin (ALLOWED_ORIGINS unset or "*")
+    auth_token: str = ""  # shared token; empty = no auth
+    max_message_bytes: int = 16 * 1024 * 1024  # larger WS messages close with 1009
+    control_rate: float = 60.0  # control/prompt messages per second allowed per connection
+    control_burst: int = 120  # bucket size for bursts
+    send_queue_frames: int = 8  # per-client outgoing frames before the oldest is dropped
+    jpeg_quality: int = 85
+    engine_start_timeout_s: float = 600.0  # model load + warm-up budget before a restart
+    engine_step_timeout_s: float = 60.0  # a chunk taking longer marks the engine hung
+    heartbeat_timeout_s: float = 10.0  # no heartbeat this long marks the engine dead
+    restart_backoff_max_s: float = 30.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        origins_raw = env.get("ALLOWED_ORIGINS", "*").strip()
+        origins = None if origins_raw in ("", "*") else [o.strip() for o in origins_raw.split(",") if o.strip()]
+        engine = env.get("ENGINE", "sim").strip() or "sim"
+        if engine not in ("sim", "lingbot-fast"):
+            raise SettingsError(f"ENGINE={engine!r}: expected 'sim' or 'lingbot-fast'")
+        model_dir = env.get("MODEL_DIR", "").strip()
+        if engine == "lingbot-fast" and not model_dir:
+            raise SettingsError("ENGINE=lingbot-fast needs MODEL_DIR (the downloaded checkpoint folder)")
+        level = env.get("LOG_LEVEL", "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"LOG_LEVEL={level!r}: expected DEBUG, INFO, WARNING or ERROR")
+        return cls(
+            ws_host=env.get("WS_HOST", "0.0.0.0"),
+            ws_port=_int(env, "WS_PORT", 8765, 0, 65535),
+            http_host=env.get("HTTP_HOST", "0.0.0.0"),
+            http_port=_int(env, "HTTP_PORT", 8080, 0, 65535),
+            run_dir=Path(env.get("RUN_DIR", "run")),
+            engine=engine,
+            model_dir=model_dir,
+            chunk_frames=_int(env, "CHUNK_FRAMES", 4, 1, 64),
+            num_gpus=_int(env, "NUM_GPUS", 0, 0, 64),
+            engine_args=env.get("ENGINE_ARGS", "").split(),
+            max_sessions=_int(env, "MAX_SESSIONS", 8, 1, 10_000),
+            allowed_origins=origins,
+            auth_token=env.get("AUTH_TOKEN", ""),
+            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 16 * 1024 * 1024, 4096, 1 << 30),
+            control_rate=_float(env, "CONTROL_RATE", 60.0, 1.0, 10_000.0),
+            control_burst=_int(env, "CONTROL_BURST", 120, 1, 100_000),
+            send_queue_frames=_int(env, "SEND_QUEUE_FRAMES", 8, 1, 1024),
+            jpeg_quality=_int(env, "JPEG_QUALITY", 85, 10, 100),
+            engine_start_timeout_s=_float(env, "ENGINE_START_TIMEOUT_S", 600.0, 1.0, 86_400.0),
+            engine_step_timeout_s=_float(env, "ENGINE_STEP_TIMEOUT_S", 60.0, 0.5, 3600.0),
+            heartbeat_timeout_s=_float(env, "HEARTBEAT_TIMEOUT_S", 10.0, 0.5, 3600.0),
+            restart_backoff_max_s=_float(env, "RESTART_BACKOFF_MAX_S", 30.0, 0.1, 3600.0),
+            log_level=level,
+        )
+
+    def engine_command(self, endpoint: str) -> list[str]:
+        """The command line that starts one engine generation connected to `endpoint`."""
+        args = ["-m", "inference.engine", "--engine", self.engine, "--endpoint", endpoint,
+                "--chunk-frames", str(self.chunk_frames), "--jpeg-quality", str(self.jpeg_quality)]
+        if self.model_dir:
+            args += ["--model-dir", self.model_dir]
+        args += self.engine_args
+        if self.num_gpus > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.num_gpus}", *args]
+        return [sys.executable, *args]
