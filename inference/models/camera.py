@@ -29,14 +29,15 @@ k*(N-1)/(L-1); that is 4k (the streaming sample) iff N = 4(L-1) + 1 with
 L a multiple of the chunk length, e.g. N = 33 or the reference default 81.
 For such clips of poses from `CameraRig`, every streamed latent's rotation
 equals the reference's (float32 tolerance), and so does its translation
-whenever the reference's clip-wide max norm equals the streaming scale,
-which holds for constant-speed motion (the same key state from the start:
-W, W+D, yaw, W+yaw, ...; every full-key motion moves >= 0.199 per latent,
-above the default 0.1 floor) while the clip fits in the scale window. For
-other lengths (N = 37 keeps L = 9 latents 4.5 frames apart) the reference
-turns 2.25x the per-frame yaw per latent where streaming turns 2x; only
-pure translation at constant speed (normalised to unit length either way)
-stays equal there. The `act` W/A/S/D state of a streamed latent is the
+whenever the reference's clip-wide max norm equals the streaming divisor.
+That holds for constant-speed motion (the same key state from the start:
+W, W+D, yaw, W+yaw, W+pitch, ...: every latent moves the same distance,
+and every full-key motion moves >= 0.199 per latent, above the default
+0.1 floor), however many chunks the clip has. For other lengths (N = 37
+keeps L = 9 latents 4.5 frames apart) the reference turns 4.5 frames'
+worth of yaw/pitch per latent where streaming turns 4 (and slerps
+between frames); only pure translation at constant speed (normalised to
+unit length either way) stays equal there. The `act` W/A/S/D state of a streamed latent is the
 `keys` row at its own frame (the keys that produced that pose); the
 reference's row 4k is one frame ahead, which a stream cannot see for the
 last latent of a chunk.
@@ -272,8 +273,10 @@ class StreamingCamera:
                              "min_translation_scale > 0, scale_window_latents >= 0")
         self.config = config
         ks = scale_intrinsics(config.intrinsics, config.height, config.width)
-        self._directions = camera_ray_directions(ks, config.height, config.width)  # (h*w, 3)
-        fold_pixel_blocks(np.zeros((1, config.height, config.width, 1), np.float32))  # size check
+        directions = camera_ray_directions(ks, config.height, config.width)
+        folded = fold_pixel_blocks(directions.reshape(1, config.height, config.width, 3))  # (1, 192, 1, h/8, w/8)
+        # Rotating rays is linear, so fold the camera-frame rays once and rotate the folded planes per latent.
+        self._folded_directions = folded[0, :, 0].reshape(3, PIXELS_PER_LATENT ** 2, *folded.shape[-2:])
         self.reset()
 
     def reset(self) -> None:
@@ -299,12 +302,7 @@ class StreamingCamera:
         expected = self.expected_frames()
         if poses.shape != (expected, 4, 4):
             raise ValueError(f"chunk poses shape {poses.shape}: expected ({expected}, 4, 4)")
-        states = None
-        if self.config.control_type == "act":
-            keys = None if keys is None else np.asarray(keys, dtype=np.float32)
-            if keys is None or keys.shape != (expected, 8):
-                got = None if keys is None else keys.shape
-                raise ValueError(f"control_type 'act' needs ({expected}, 8) key fractions, got {got}")
+        wasd = self._wasd_rows(keys, expected)  # validated before any state changes
         first = self._last_pose is None
         picks = np.arange(0 if first else FRAMES_PER_LATENT - 1, expected, FRAMES_PER_LATENT)
         latent_poses = poses[picks]  # (n, 4, 4) at the last video frame of each latent
@@ -316,15 +314,29 @@ class StreamingCamera:
         rel[:, :3, 3] /= max(self.config.min_translation_scale, max(self._recent_norms))
         self._last_pose = latent_poses[-1].copy()
         self.latents_done += len(picks)
-        if keys is not None and self.config.control_type == "act":
-            states = keys[picks, :4]  # (n, 4) W/A/S/D at each latent's own frame
-        return fold_pixel_blocks(self._pixels(rel.astype(np.float32), states))
+        states = None if wasd is None else wasd[picks]  # (n, 4) W/A/S/D at each latent's own frame
+        return self._fold(rel.astype(np.float32), states)
 
-    def _pixels(self, rel: np.ndarray, states: np.ndarray | None) -> np.ndarray:
-        """(n, 4, 4) float32 relative poses [+ (n, 4) W/A/S/D] -> (n, h, w, 6 or 7) per-pixel condition."""
-        h, w = self.config.height, self.config.width
-        directions = np.stack([self._directions @ pose[:3, :3].T for pose in rel]).reshape(len(rel), h, w, 3)
-        if states is not None:
-            return _act_pixels(directions, states)
-        origins = np.broadcast_to(rel[:, None, None, :3, 3], directions.shape)
-        return np.concatenate([origins, directions], axis=-1)
+    def _wasd_rows(self, keys: np.ndarray | None, frames: int) -> np.ndarray | None:
+        """(F, 4) W/A/S/D fractions of the chunk for `act`; None for `cam`."""
+        if self.config.control_type != "act":
+            return None
+        got = None if keys is None else np.shape(keys)
+        if got != (frames, 8):
+            raise ValueError(f"control_type 'act' needs ({frames}, 8) key fractions, got {got}")
+        return np.asarray(keys, dtype=np.float32)[:, :4]
+
+    def _fold(self, rel: np.ndarray, states: np.ndarray | None) -> np.ndarray:
+        """(n, 4, 4) float32 relative poses [+ (n, 4) W/A/S/D] -> (1, C, n, h/8, w/8) folded condition."""
+        block = PIXELS_PER_LATENT ** 2
+        _, _, cells_h, cells_w = self._folded_directions.shape
+        out = np.empty((1, self.channels, len(rel), cells_h, cells_w), dtype=np.float32)
+        directions_at = 0 if states is not None else 3 * block
+        for f, pose in enumerate(rel):
+            rays = np.tensordot(pose[:3, :3], self._folded_directions, axes=(1, 0))  # (3, 64, h/8, w/8)
+            out[0, directions_at:directions_at + 3 * block, f] = rays.reshape(3 * block, cells_h, cells_w)
+            # origins (cam) or W/A/S/D (act): one value per component, the same on every pixel
+            extra = pose[:3, 3] if states is None else states[f]
+            extra_at = 0 if states is None else 3 * block
+            out[0, extra_at:extra_at + len(extra) * block, f] = np.repeat(extra, block)[:, None, None]
+        return out
