@@ -1,17 +1,24 @@
-"""umT5 text encoder (reference module layout and key names), its config and `.pth` loading."""
+"""umT5 text encoder: model (reference key names), config, `.pth` loading, cached prompt -> context wrapper."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.models.tokenizer import PromptTokenizer, clean_prompt
 from inference.models.weights import assign_state_dict, read_state_dict
+
+# File and folder names inside the checkpoint folder (MODEL.md "Checkpoint layout").
+T5_CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+T5_TOKENIZER_DIR = "google/umt5-xxl"
 
 
 @dataclass(kw_only=True)
@@ -209,3 +216,75 @@ def load_t5(path: str | Path, config: T5Config | None = None, device: torch.devi
     with torch.device("meta"):
         model = T5Encoder(config)
     return assign_state_dict(model, state, device=device, dtype=dtype, source=path)
+
+
+class TextEncoder:
+    """Prompts -> list of (L_i, dim) contexts, trimmed to each prompt's token count.
+
+    Keeps a bounded LRU cache of encodings keyed by the cleaned prompt; a hit
+    returns the cached tensor without running the model (callers must not
+    modify returned tensors in place).
+    """
+
+    def __init__(self, model: T5Encoder, tokenizer: PromptTokenizer, *, cache_size: int = 64):
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0  # prompts answered from the cache
+        self.misses = 0  # prompts that ran through the model
+
+    @classmethod
+    def from_checkpoint(cls, model_dir: str | Path, *, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
+                        config: T5Config | None = None, cache_size: int = 64) -> "TextEncoder":
+        """Load the encoder and tokenizer from a downloaded checkpoint folder (see MODEL.md)."""
+        model_dir = Path(model_dir)
+        config = config or T5Config.umt5_xxl()
+        model = load_t5(model_dir / T5_CHECKPOINT_FILE, config, device, dtype, model_dir=model_dir)
+        tokenizer = PromptTokenizer(model_dir / T5_TOKENIZER_DIR, text_len=config.text_len, model_dir=model_dir)
+        return cls(model, tokenizer, cache_size=cache_size)
+
+    def __call__(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        return self.encode(prompts)
+
+    def encode(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        """One (L_i, dim) context per prompt, in order; unseen prompts are encoded in one batch."""
+        if isinstance(prompts, str):
+            raise TypeError(f"TextEncoder.encode takes a list of prompts, got the string {prompts[:40]!r}")
+        keys = [clean_prompt(p) for p in prompts]
+        todo = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        fresh = dict(zip(todo, self._run(todo))) if todo else {}
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        out = [fresh[k] if k in fresh else self._cache[k] for k in keys]
+        for k in keys:
+            if k in fresh:
+                self._remember(k, fresh[k])
+            elif k in self._cache:
+                self._cache.move_to_end(k)
+        return out
+
+    def _run(self, texts: list[str]) -> list[torch.Tensor]:
+        ids, mask = self.tokenizer(texts)  # (B, text_len) each
+        vocab = self.model.config.vocab_size
+        if int(ids.max()) >= vocab:
+            raise ValueError(f"tokenizer {self.tokenizer.path} produced id {int(ids.max())}, "
+                             f"but the encoder's vocabulary has {vocab} rows")
+        device = self.model.token_embedding.weight.device
+        context = self.model(ids.to(device), mask.to(device))  # (B, text_len, dim)
+        lengths = mask.gt(0).sum(dim=1).tolist()
+        return [context[i, :n].clone() for i, n in enumerate(lengths)]  # clone: drop the padded rows
+
+    def _remember(self, key: str, value: torch.Tensor) -> None:
+        if self.cache_size == 0:
+            return
+        self._cache[key] = value
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)  # least recently used
+
+    def cached_prompts(self) -> list[str]:
+        """Cached (cleaned) prompts, least recently used first."""
+        return list(self._cache)
