@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 ORPHAN_GUARD = Path(__file__).with_name("orphan_guard.py")
 LOG_NAME = "upsampler.log"
 PID_NAME = "upsampler.pid"
+LOG_ROTATE_BYTES = 32 * 1024 * 1024  # the log moves to upsampler.log.1 beyond this at a launch
 STARTUP_POLL_S = 0.25  # probe interval while the child loads its model
 
 
@@ -115,19 +116,19 @@ class UpsamplerService:
             backoff = self.config.restart_backoff_s if was_ready else backoff
             log.warning("upsampler child ended (%s); restarting in %.1f s", error, backoff)
             self.state = "restarting"
+            self.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.restart_backoff_max_s)
-            self.restarts += 1
 
     async def _launch(self) -> str | None:
         """Spawns the child; returns an error text when it cannot be run."""
-        self.state = "starting" if self.restarts == 0 else "restarting"
         self.port = pick_port(self.config)
         self.argv = child_argv(self.config, self.port)
         argv = self.argv
         if sys.platform == "linux":
             argv = [sys.executable, str(ORPHAN_GUARD), str(os.getpid()), "--", *argv]
         env = child_environment(os.environ, self.config)
+        self._rotate_log()
         with open(self.log_path, "ab") as log_file:
             log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} launch: {self.argv}\n".encode())
             log_file.flush()
@@ -211,7 +212,7 @@ class UpsamplerService:
 
     async def _terminate(self) -> None:
         """SIGTERM to the child's group, SIGKILL after the grace period, then reap."""
-        proc, self._proc = self._proc, None
+        proc = self._proc  # cleared only when done, so a cancelled call can be finished by stop()
         if proc is None:
             return
         group = proc.pid  # leader of its own session, so its pid is the group id
@@ -224,8 +225,17 @@ class UpsamplerService:
                         self.config.stop_grace_s)
             _signal_group(group, signal.SIGKILL)
         await proc.wait()
+        self._proc = None
         self.pid = None
         (self.log_dir / PID_NAME).unlink(missing_ok=True)
+
+    def _rotate_log(self) -> None:
+        """Keeps the log bounded across a long crash loop: one previous file, then it is dropped."""
+        try:
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_suffix(".log.1"))
+        except FileNotFoundError:
+            pass
 
     def _log_tail(self) -> str:
         """The child's last log line, for error messages."""

@@ -32,7 +32,7 @@ class FakeChild:
         settings = dict(
             enabled=True, model=TEST_MODEL, command=command, gpus="3",
             gpu_memory_utilization=0.3, max_model_len=2048, request_timeout_s=3.0,
-            startup_timeout_s=30.0, health_interval_s=0.1, health_timeout_s=1.0,
+            startup_timeout_s=30.0, health_interval_s=0.1, health_timeout_s=3.0,
             health_failures_to_restart=2, restart_backoff_s=0.1, restart_backoff_max_s=0.4,
             breaker_failures=2, breaker_cooldown_s=60.0, stop_grace_s=3.0, log_dir=self.run_dir,
         )
