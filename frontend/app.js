@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const DEFAULT_CONFIG = { ws_port: 8765, ws_path: "/", fps: 16, engine: "?", sizes: ["832*480"],
   default_size: "832*480", auth_required: false, upsampler: false };
 // Errors that end a pending init: retrying the same init after a reconnect would fail again.
+const CLOSE_FOLLOWS_ERROR_MS = 3000;
 const INIT_FATAL = new Set(["bad_field", "bad_json", "too_large", "unauthorized", "busy", "unknown_type"]);
 
 const view = $("view");
@@ -23,6 +24,7 @@ let lastInit = null; // what to send again after a reconnect
 let awaitingSession = false;
 let session = null;
 let lastStats = null;
+let lastError = null; // {code, text, at}: an error the server may follow with a close
 const received = {};
 
 const controls = new KeyControls(
@@ -84,6 +86,8 @@ function onText(msg) {
       session = msg;
       awaitingSession = false;
       ui.setRunning(true);
+      clearMessageIf(["engine_failed", "connection_lost"], true);
+      if (Number.isSafeInteger(msg.seed)) $("seed").placeholder = `random (last ${msg.seed})`;
       ui.setOverlay({ engine: msg.engine ?? config.engine, state: "generating" });
       if (msg.prompt && msg.prompt !== lastInit?.prompt) $("prompt-hint").textContent = `Running: ${msg.prompt}`;
       break;
@@ -98,7 +102,7 @@ function onText(msg) {
       const where = msg.state === "queued" && msg.position != null ? ` #${msg.position}` : "";
       ui.setOverlay({ state: `${msg.state}${where}` });
       if (msg.state === "queued") ui.showMessage(`Waiting for a free slot${where ? ` (position${where})` : ""}…`, "info");
-      if (msg.state === "generating" && $("message").dataset.level === "info") ui.clearMessage();
+      if (msg.state === "generating") clearMessageIf(["engine_failed"], true);
       if (msg.state === "stalled") ui.showMessage("The engine has fallen behind; the picture will resume.", "warn");
       break;
     }
@@ -110,9 +114,16 @@ function onText(msg) {
   }
 }
 
+/** Clear the message box when it shows one of `codes` (or any info note, if `orInfo`). */
+function clearMessageIf(codes, orInfo = false) {
+  const box = $("message");
+  if (codes.includes(box.dataset.code) || (orInfo && box.dataset.level === "info")) ui.clearMessage();
+}
+
 function onServerError(msg) {
   const { text, level } = describeError(msg.code, msg.message);
   ui.showMessage(text, level, msg.code || "");
+  lastError = { code: msg.code, text, at: performance.now() };
   if (msg.code === "unauthorized") {
     ui.revealTokenField();
     $("token").focus();
@@ -122,11 +133,7 @@ function onServerError(msg) {
     lastInit = null;
     ui.setOverlay({ state: "idle" });
   }
-  if (msg.code === "engine_failed") {
-    session = null;
-    ui.setRunning(false);
-    ui.setOverlay({ state: "engine failed" });
-  }
+  if (msg.code === "engine_failed") ui.setOverlay({ state: "engine restarting" });
 }
 
 function onConnectionState(event) {
@@ -139,8 +146,10 @@ function onConnectionState(event) {
       break;
     case "open":
       ui.setConnectionBadge("open", event.reconnected ? "Reconnected" : "Connected");
-      if (event.reconnected) {
-        ui.showMessage(lastInit ? "Reconnected; restarting your world." : "Reconnected.", "info");
+      if (event.reconnected && lastInit) {
+        ui.showMessage("Reconnected; restarting your world.", "info");
+      } else if (event.reconnected) {
+        clearMessageIf(["connection_lost"]);
       } else if ($("message").dataset.level !== "warn") {
         ui.clearMessage();
       }
@@ -154,9 +163,16 @@ function onConnectionState(event) {
       ui.setOverlay({ state: "disconnected", serverFps: NaN });
       const seconds = (event.delayMs / 1000).toFixed(1);
       ui.setConnectionBadge("waiting", `Offline, retry in ${seconds} s`);
-      ui.showMessage(
-        `Lost the connection to the server: ${describeClose(event.code, event.reason)}. `
-        + `Reconnecting in ${seconds} s${wasRunning ? " and restarting your world" : ""}…`, "error", "connection_lost");
+      const explained = lastError && performance.now() - lastError.at < CLOSE_FOLLOWS_ERROR_MS;
+      if (explained) {
+        // The server said why before closing (unauthorized, busy): keep that reason on screen.
+        ui.showMessage(`${lastError.text} Reconnecting in ${seconds} s.`, "error", lastError.code);
+      } else {
+        ui.showMessage(
+          `Lost the connection to the server: ${describeClose(event.code, event.reason)}. `
+          + `Reconnecting in ${seconds} s${wasRunning ? " and restarting your world" : ""}…`,
+          "error", "connection_lost");
+      }
       break;
     }
     case "closed":

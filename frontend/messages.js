@@ -9,7 +9,7 @@ const ERROR_TEXT = {
   rate_limited: "Too many messages too fast; slow down for a moment.",
   busy: "The server is at capacity right now; try again in a little while.",
   unauthorized: "Access denied: enter a valid access token and press Start.",
-  engine_failed: "The world engine failed; the server is restarting it. Press Start to try again.",
+  engine_failed: "The world engine failed; the server is restarting it and your world resumes when it is back.",
   upsampler_failed: "Prompt enhancement is unavailable; your prompt is used as written.",
 };
 

@@ -52,7 +52,7 @@ class ServerProcess:
         ports_file = self.run_dir / "ports.json"
         ports_file.unlink(missing_ok=True)
         env = dict(os.environ, HTTP_PORT=str(http_port), WS_PORT=str(ws_port),
-                   WS_HOST="127.0.0.1", RUN_DIR=str(self.run_dir), **self.extra_env)
+                   WS_HOST="127.0.0.1", HTTP_HOST="127.0.0.1", RUN_DIR=str(self.run_dir), **self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "ws_server.py"], cwd=REPO, env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
