@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from inference.upsampler.config import UpsamplerConfig
 
@@ -46,7 +48,7 @@ def child_environment(parent: Mapping[str, str], config: UpsamplerConfig) -> dic
 def child_argv(config: UpsamplerConfig, port: int) -> list[str]:
     """`vllm serve <model>` (or the configured command) with the serving flags."""
     if config.command is None:
-        prefix = ["vllm", "serve"]
+        prefix = [vllm_executable(), "serve"]
     else:
         fields = {"{model}": config.model, "{host}": config.host, "{port}": str(port)}
         prefix = [_substitute(part, fields) for part in config.command]
@@ -63,6 +65,12 @@ def child_argv(config: UpsamplerConfig, port: int) -> list[str]:
     if tokenizer_mode is not None:
         flags += ["--tokenizer-mode", tokenizer_mode]
     return [*prefix, config.model, *flags, *config.extra_args]
+
+
+def vllm_executable() -> str:
+    """The `vllm` script of this interpreter's environment, even when it is not on PATH."""
+    beside = Path(sys.executable).with_name("vllm")
+    return str(beside) if beside.exists() else "vllm"
 
 
 def pick_port(config: UpsamplerConfig) -> int:
