@@ -187,3 +187,24 @@ def test_large_start_image_is_downscaled_and_used(page, server):
     start_world(page)
     assert page.evaluate("() => window.__worldDebug.session") is not None
     assert not (page.is_visible("#message") and page.get_attribute("#message", "data-level") == "error")
+
+
+def test_dropped_image_becomes_the_start_image(page, server):
+    """Dropping an image file on the picture shows it as the chosen start image."""
+    open_page(page, server)
+    page.evaluate("""async () => {
+        const canvas = document.createElement('canvas');
+        canvas.width = 320; canvas.height = 200;
+        const ctx = canvas.getContext('2d');
+        ctx.fillStyle = '#3a7'; ctx.fillRect(0, 0, 320, 200);
+        const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([blob], 'meadow.png', { type: 'image/png' }));
+        const stage = document.getElementById('stage');
+        for (const type of ['dragenter', 'dragover', 'drop']) {
+            stage.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: transfer }));
+        }
+    }""")
+    page.locator("#image-preview").wait_for(state="visible", timeout=10000)
+    assert page.text_content("#image-caption").startswith("320×200")
+    assert page.is_hidden("#drop-veil")
