@@ -208,3 +208,20 @@ def test_dropped_image_becomes_the_start_image(page, server):
     page.locator("#image-preview").wait_for(state="visible", timeout=10000)
     assert page.text_content("#image-caption").startswith("320×200")
     assert page.is_hidden("#drop-veil")
+
+
+def test_keyboard_user_can_tab_to_the_picture_and_steer(page, server):
+    """Tabbing reaches the picture with a visible focus ring, and W then steers the world."""
+    open_page(page, server)
+    start_world(page)
+    page.focus("#prompt")
+    for _ in range(20):
+        page.keyboard.press("Shift+Tab")
+        if page.evaluate("() => document.activeElement.id") == "view":
+            break
+    assert page.evaluate("() => document.activeElement.id") == "view"
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.down("w")
+    page.keyboard.up("w")
+    sent = page.evaluate("() => window.__worldDebug.sent")
+    assert sent.get("control_down") == 1 and sent.get("control_up") == 1
