@@ -131,6 +131,7 @@ class AttentionBlock(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        # cache is unused (no time mixing); accepted so the nets can call every block alike
         b, c, t, h, w = x.shape
         tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B*T, HW, C)
         qkv = F.linear(tokens, self.to_qkv.weight.view(3 * c, c), self.to_qkv.bias)  # (B*T, HW, 3C)
@@ -156,7 +157,8 @@ class Resample(nn.Module):
             raise ValueError(f"Resample mode {mode!r} is not one of {self.MODES}")
         self.mode = mode
         if mode.startswith("upsample"):
-            # index 0 holds no weights; the conv at index 1 halves the channels
+            # index 0 holds no weights and only fixes the key index of the conv (resample.1);
+            # _spatial applies the same resize/pad directly on 5-D tensors
             self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest-exact"),
                                           nn.Conv2d(dim, dim // 2, 3, padding=1))
         else:
