@@ -90,21 +90,19 @@ def load_dit_checkpoint(directory: str | Path, *, device: torch.device | str = "
     by_file: dict[Path, list[str]] = {}
     for name, path in files.items():
         by_file.setdefault(path, []).append(name)
-    total = sum(p.stat().st_size for p in by_file)
-    bar = make_bar(total, progress)
+    bar = make_bar(sum(p.stat().st_size for p in by_file), progress)
     device = torch.device(device)
     for path, names in sorted(by_file.items()):
-        load_file_into(model, path, names, device, dtype, config)
-        if bar is not None:
-            bar.update(path.stat().st_size)
+        load_file_into(model, path, names, device, dtype, bar)
     if bar is not None:
+        bar.update(bar.total - bar.n)  # the files' json headers are not tensor bytes
         bar.close()
     model.rebuild_buffers(device)
     return model.eval().requires_grad_(False)
 
 
 def load_file_into(model: CausalDiT, path: Path, names: Iterable[str], device: torch.device,
-                   dtype: torch.dtype, config: DiTConfig) -> None:
+                   dtype: torch.dtype, bar=None) -> None:
     """Assign one file's tensors into the model, checking each shape against the config."""
     expected = model.state_dict()
     loaded = {}
@@ -116,6 +114,8 @@ def load_file_into(model: CausalDiT, path: Path, names: Iterable[str], device: t
             if tuple(tensor.shape) != tuple(expected[name].shape):
                 raise CheckpointError(f"{path.name}: {name} has shape {tuple(tensor.shape)}, the config "
                                       f"expects {tuple(expected[name].shape)}; config.json and weights disagree")
+            if bar is not None:
+                bar.update(tensor.numel() * tensor.element_size())
             loaded[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
         model.load_state_dict(loaded, strict=False, assign=True)
 
