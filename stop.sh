@@ -41,5 +41,16 @@ if [ -f "$RUN_DIR/engine.pid" ]; then
   fi
   rm -f "$RUN_DIR/engine.pid"
 fi
+# Same for an upsampler (vllm serve) whose front did not get to stop it.
+if [ -f "$RUN_DIR/upsampler.pid" ]; then
+  upid=$(cat "$RUN_DIR/upsampler.pid")
+  if alive "$upid" && tr '\0' ' ' <"/proc/$upid/cmdline" 2>/dev/null | grep -qE 'vllm|orphan_guard|upsampler'; then
+    echo "stopping orphaned upsampler (pid $upid)"
+    kill -TERM -- "-$upid" 2>/dev/null || true
+    for _ in $(seq 1 100); do alive "$upid" || break; sleep 0.1; done
+    kill -KILL -- "-$upid" 2>/dev/null || true
+  fi
+  rm -f "$RUN_DIR/upsampler.pid"
+fi
 rm -f "$RUN_DIR/ports.json"
 [ "$stopped" = 1 ] && echo "stopped" || echo "nothing to stop"

@@ -78,6 +78,7 @@ class Session:
         self.last_request_at: float | None = None
         self.rtt_ema_s = 0.3
         self.last_chunk_ms: float | None = None
+        self.last_timings: P.ChunkTimings | None = None
         self.buffer: deque[tuple[int, bytes]] = deque()  # (frame number, jpeg) awaiting playback
         self.pending_edges: list[float] = []  # edge arrival times not yet assigned to a frame
         self.edge_targets: deque[tuple[int, float]] = deque()  # (frame number, edge time)
@@ -162,6 +163,7 @@ class Session:
         self.rtt_ema_s = 0.7 * self.rtt_ema_s + 0.3 * rtt
         self.in_flight_since = None
         self.last_chunk_ms = msg.timings.total_ms
+        self.last_timings = msg.timings
         self.metrics.observe_chunk(msg.timings.total_ms / 1000.0)
         base = self.frames_generated - len(jpegs)
         for i, jpeg in enumerate(jpegs):
@@ -283,7 +285,16 @@ class Session:
                 "control_latency_ms": self.latency_ms()["p50"], "control_latency": self.latency_ms(),
                 "queue": self.channel.queued, "buffered": len(self.buffer),
                 "target_fps": round(1.0 / self.interval_s, 2), "engine_keeping_up": self.interval_s <= FRAME_S * 1.01,
-                "state": self.state}
+                "state": self.state, **self._frame_costs()}
+
+    def _frame_costs(self) -> dict:
+        """Engine milliseconds per frame of the last chunk, split by stage."""
+        t = self.last_timings
+        if t is None:
+            return {}
+        n = max(1, self.chunk_frames)
+        return {"model_ms_per_frame": round(t.model_ms / n, 2), "decode_ms_per_frame": round(t.decode_ms / n, 2),
+                "jpeg_ms_per_frame": round(t.jpeg_ms / n, 2), "batch": t.batch_size}
 
     def summary(self) -> dict:
         s = self.stats()
