@@ -1,0 +1,122 @@
+"""A terrain painted and lit for one look: the textures and constants the renderer samples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .look import Look
+from .noise import smoothstep, upsample
+from .terrain import Terrain
+
+SHADOW_STEPS = 48  # texels of the shadow grid searched toward the sun
+SHADOW_SCALE = 4  # the shadow grid is this many times coarser than the height field
+
+
+def _rgb(c) -> np.ndarray:
+    return np.asarray(c, np.float32).reshape(3, 1, 1)
+
+
+def _mix(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return a + (b - a) * w
+
+
+def _downsample(a: np.ndarray) -> np.ndarray:
+    """2x2 mean of an (n, n, c) array."""
+    return 0.25 * (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2])
+
+
+class Scene:
+    """Lit colour + height texels with mip levels, sun direction, cloud cover, water level."""
+
+    def __init__(self, terrain: Terrain, look: Look, *, levels: int = 6):
+        self.terrain = terrain
+        self.look = look
+        az, el = math.radians(look.sun_azimuth_deg), math.radians(look.sun_elevation_deg)
+        # Sun direction in world (x, up, z).
+        self.sun_dir = np.array([math.cos(el) * math.sin(az), math.sin(el),
+                                 math.cos(el) * math.cos(az)], np.float32)
+        self.water_level = float(look.water_level_m)
+        level0 = self._paint(terrain, look)  # (n, n, 4): height, r, g, b
+        self.levels = []  # (first texel, texels per side, metres per texel)
+        mips, offset, cur = [], 0, level0
+        for lvl in range(levels):
+            n = cur.shape[0]
+            self.levels.append((offset, n, terrain.config.cell_m * 2 ** lvl))
+            mips.append(cur.reshape(-1, 4))
+            offset += n * n
+            if n <= 8:
+                break
+            cur = _downsample(cur)
+        self.texels = np.concatenate(mips)  # (sum n^2, 4) float32
+        self.cloud = smoothstep(1.0 - look.cloud_cover - 0.08, 1.0 - look.cloud_cover + 0.12,
+                                terrain.cloud).astype(np.float32)  # (m, m) coverage 0..1
+
+    def _paint(self, terrain: Terrain, look: Look) -> np.ndarray:
+        h = terrain.height
+        ny = terrain.normal[1]
+        slope = 1.0 - ny
+        wl = self.water_level
+        patch, speck = terrain.patch, terrain.speckle
+        grass = _mix(_rgb(look.grass), _rgb(look.grass_dry), smoothstep(0.45, 0.7, patch))
+        grass = grass * (0.85 + 0.3 * speck)
+        forest_edge = 0.66 - 0.42 * look.forest_amount
+        forest = smoothstep(forest_edge, forest_edge + 0.04, patch + 0.15 * (speck - 0.5))
+        forest *= smoothstep(0.35, 0.2, slope) * smoothstep(wl + 0.5, wl + 3.0, h)
+        forest *= smoothstep(190.0 + 200 * look.sand_amount, 140.0, h)
+        ground = _mix(grass, _rgb(look.forest) * (0.7 + 0.6 * speck), forest)
+        sand = _rgb(look.sand) * (0.92 + 0.16 * speck)
+        ground = _mix(ground, sand, np.float32(look.sand_amount))
+        beach = smoothstep(wl + 1.8 + 2.0 * patch, wl + 0.3, h)
+        ground = _mix(ground, sand, beach)
+        rock = _rgb(look.rock) * (0.75 + 0.5 * speck)
+        steep = smoothstep(0.28, 0.45, slope + 0.1 * (speck - 0.5))
+        steep = np.maximum(steep, smoothstep(200.0, 300.0, h + 60 * patch) * (1 - look.sand_amount))
+        ground = _mix(ground, rock, steep)
+        snow_line = 260.0 - 330.0 * look.snow_amount
+        snow = smoothstep(snow_line, snow_line + 25.0, h + 60.0 * (patch - 0.5))
+        snow *= smoothstep(0.5, 0.3, slope) * smoothstep(wl, wl + 0.6, h)
+        ground = _mix(ground, _rgb(look.snow) * (0.95 + 0.05 * speck), snow)
+        light = self._light(terrain, look)  # (3, n, n)
+        lit = ground * light
+        water = h < wl
+        depth = np.clip((wl - h) / 12.0, 0.0, 1.0)
+        body = _mix(_rgb(look.water_colour) * 1.5, _rgb(look.water_colour), depth)
+        amb = _rgb(look.ambient)
+        lit = np.where(water[None], body * (0.6 * amb + 0.4), lit)
+        out = np.empty(h.shape + (4,), np.float32)
+        out[..., 0] = np.maximum(h, wl)
+        out[..., 1:] = np.moveaxis(lit, 0, -1)
+        return out
+
+    def _light(self, terrain: Terrain, look: Look) -> np.ndarray:
+        """Direct sun (with cast shadows) plus sky light on every texel; (3, n, n)."""
+        nx, ny, nz = terrain.normal
+        sx, sy, sz = self.sun_dir
+        direct = np.maximum(nx * sx + ny * sy + nz * sz, 0.0) * self._shadow(terrain)
+        occlusion = np.clip(1.0 + 1.5 * terrain.cavity, 0.55, 1.15)
+        sky = (0.55 + 0.45 * ny) * occlusion
+        return (_rgb(look.sun_colour) * (look.sun_strength * 1.15) * direct
+                + _rgb(look.ambient) * sky)
+
+    def _shadow(self, terrain: Terrain) -> np.ndarray:
+        """1 where the sun is visible, 0 in cast shadow (soft-edged); (n, n)."""
+        n = terrain.config.size
+        m = n // SHADOW_SCALE
+        h = terrain.height.reshape(m, SHADOW_SCALE, m, SHADOW_SCALE).max(axis=(1, 3))
+        cell = terrain.config.cell_m * SHADOW_SCALE
+        sx, sy, sz = self.sun_dir
+        horiz = math.hypot(sx, sz)
+        if horiz < 1e-4:
+            return np.ones((n, n), np.float32)
+        tan_el = sy / horiz
+        dx, dz = sx / horiz, sz / horiz
+        excess = np.full((m, m), -1.0, np.float32)
+        for step in range(1, SHADOW_STEPS + 1):
+            ox, oz = int(round(dx * step)), int(round(dz * step))
+            ahead = np.roll(h, (-oz, -ox), axis=(0, 1))
+            dist = cell * math.hypot(ox, oz)
+            np.maximum(excess, (ahead - h - 4.0) / dist - tan_el, out=excess)
+        lit = smoothstep(0.06, 0.0, excess)
+        return np.clip(upsample(lit.astype(np.float32), n), 0.0, 1.0)

@@ -1,0 +1,134 @@
+"""A seed's landscape: a periodic height field with the fields its look is painted from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .noise import fbm, ridged, smoothstep, value_noise
+
+# Water never rises above this height in any look, so the spawn point stays dry.
+MAX_WATER_LEVEL_M = 14.0
+
+
+@dataclass(kw_only=True)
+class TerrainConfig:
+    """Size and shape of the generated land."""
+
+    size: int = 1024  # texels per side of the periodic tile (power of two)
+    cell_m: float = 4.0  # metres per texel; the world repeats every size*cell_m metres
+    hill_m: float = 110.0  # height range of the rolling hills
+    mountain_m: float = 420.0  # height of the ridged mountains where the range mask is high
+    detail_size: int = 512  # texels per side of the near-ground detail texture
+    detail_cell_m: float = 0.07  # metres per detail texel (grass tufts, pebbles)
+    cloud_size: int = 256  # texels per side of the cloud-cover texture
+    cloud_cell_m: float = 40.0  # metres per cloud texel on the cloud layer
+
+
+def box_blur(a: np.ndarray, radius: int) -> np.ndarray:
+    """Periodic separable box blur of a square field (running sums over a wrapped copy)."""
+    out = a.astype(np.float64)
+    width = 2 * radius + 1
+    for axis in (0, 1):
+        n = out.shape[axis]
+        padded = np.concatenate([np.take(out, range(n - radius - 1, n), axis=axis), out,
+                                 np.take(out, range(radius), axis=axis)], axis=axis)
+        sums = np.cumsum(padded, axis=axis)
+        out = (np.take(sums, range(width, width + n), axis=axis)
+               - np.take(sums, range(0, n), axis=axis)) / width
+    return out.astype(np.float32)
+
+
+class Terrain:
+    """Height (metres), normals, material noise and the spawn point of one seed's world.
+
+    Texel (row, col) covers world z = row*cell_m, x = col*cell_m; the tile repeats.
+    """
+
+    def __init__(self, seed: int, config: TerrainConfig | None = None):
+        self.seed = int(seed)
+        self.config = cfg = config or TerrainConfig()
+        n = cfg.size
+        if n & (n - 1):
+            raise ValueError(f"terrain size {n} is not a power of two")
+        rng = np.random.default_rng([self.seed, 0x51A])
+        self.height = self._shape_height(rng, n)  # (n, n) metres
+        self.normal = self._normals(self.height, cfg.cell_m)  # (3, n, n) x, y(up), z
+        self._smooth = box_blur(self.height, 1)  # ground the camera walks on
+        self.cavity = np.clip((self.height - box_blur(self.height, 4)) * 0.08, -1, 1)
+        self.patch = fbm(rng, n, 16, 5)  # meadow/forest patches
+        self.speckle = fbm(rng, n, 128, 3)  # small-scale colour variation
+        self.detail = self._detail(rng, cfg.detail_size)
+        self.cloud = fbm(rng, cfg.cloud_size, 4, 5)
+        self.origin = self._spawn_point(rng)  # (x, z) metres of the world origin
+
+    def _shape_height(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        cfg = self.config
+        ranges = smoothstep(0.35, 0.7, fbm(rng, n, 4, 3))  # where mountains rise
+        hills = fbm(rng, n, 16, 6, gain=0.5)
+        mountains = ridged(rng, n, 8, 6, gain=0.55)
+        basins = fbm(rng, n, 4, 3)  # broad lowlands that hold lakes
+        h = cfg.hill_m * (hills - 0.45) * 1.6
+        h += cfg.mountain_m * ranges * np.maximum(mountains, 0.0) ** 1.5
+        h += 45.0 * (basins - 0.5) * 2.0
+        # Flatten valley floors a little so lakes and meadows have flat shores.
+        low = h < 0
+        h[low] *= 0.6
+        return h.astype(np.float32)
+
+    @staticmethod
+    def _normals(h: np.ndarray, cell_m: float) -> np.ndarray:
+        dx = (np.roll(h, -1, axis=1) - np.roll(h, 1, axis=1)) / (2 * cell_m)
+        dz = (np.roll(h, -1, axis=0) - np.roll(h, 1, axis=0)) / (2 * cell_m)
+        inv = 1.0 / np.sqrt(dx * dx + dz * dz + 1.0)
+        return np.stack([-dx * inv, inv, -dz * inv]).astype(np.float32)
+
+    @staticmethod
+    def _detail(rng: np.random.Generator, n: int) -> np.ndarray:
+        """Brightness multiplier around 1 for close-up ground texture; (n, n) float32."""
+        fine = value_noise(rng, n // 2, n) - 0.5
+        mid = value_noise(rng, n // 8, n) - 0.5
+        coarse = value_noise(rng, n // 32, n) - 0.5
+        return (1.0 + 0.55 * fine + 0.35 * mid + 0.3 * coarse).astype(np.float32)
+
+    def ground_height(self, x_m: float, z_m: float) -> float:
+        """Height in metres of the (slightly smoothed) ground at world position (x, z)."""
+        cfg = self.config
+        n = cfg.size
+        u = (x_m + self.origin[0]) / cfg.cell_m
+        v = (z_m + self.origin[1]) / cfg.cell_m
+        u0, v0 = int(np.floor(u)), int(np.floor(v))
+        fu, fv = u - u0, v - v0
+        s = self._smooth
+        h00 = s[v0 % n, u0 % n]
+        h01 = s[v0 % n, (u0 + 1) % n]
+        h10 = s[(v0 + 1) % n, u0 % n]
+        h11 = s[(v0 + 1) % n, (u0 + 1) % n]
+        return float((h00 * (1 - fu) + h01 * fu) * (1 - fv) + (h10 * (1 - fu) + h11 * fu) * fv)
+
+    def _spawn_point(self, rng: np.random.Generator) -> tuple[float, float]:
+        """A dry, gently sloped spot looking along +z (the start heading) at hills and water."""
+        cfg = self.config
+        n = cfg.size
+        cand = rng.integers(0, n, size=(768, 2))  # (row, col)
+        h0 = self._smooth[cand[:, 0], cand[:, 1]]
+        slope = 1.0 - self.normal[1][cand[:, 0], cand[:, 1]]
+        ahead_m = np.geomspace(15.0, 1500.0, 40)
+        steps = np.round(ahead_m / cfg.cell_m).astype(int)
+        rise = np.empty((cand.shape[0], 40), np.float32)
+        wet = np.zeros(cand.shape[0], np.float32)
+        for side in (-0.3, 0.0, 0.3):  # a cone of headings around +z
+            rows = (cand[:, :1] + steps[None]) % n
+            cols = (cand[:, 1:2] + np.round(steps * side).astype(int)[None]) % n
+            ahead = self._smooth[rows, cols]  # (C, 40)
+            r = (ahead - h0[:, None] - 1.7) / ahead_m[None]
+            rise = r if side == -0.3 else np.maximum(rise, r)
+            wet += (ahead[:, 8:] < 0.0).mean(axis=1)
+        near_block = rise[:, ahead_m < 150].max(axis=1)
+        relief = rise[:, ahead_m >= 150].max(axis=1)
+        score = (-np.abs(relief - 0.1) - 3.0 * np.maximum(near_block - 0.03, 0.0)
+                 - 2.0 * slope + 0.4 * np.minimum(wet, 0.6) - 0.002 * np.abs(h0 - 30.0))
+        score[(h0 < MAX_WATER_LEVEL_M + 5.0) | (h0 > 160.0)] -= 100.0
+        best = int(np.argmax(score))
+        return float(cand[best, 1] * cfg.cell_m), float(cand[best, 0] * cfg.cell_m)
