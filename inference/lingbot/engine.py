@@ -1,0 +1,217 @@
+"""The `lingbot-fast` WorldEngine: LingBot-World-Fast sessions streamed chunk by chunk in KV-window mode."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.engine.base import (ChunkOutput, ChunkWork, EngineInfo, EngineUserError, SessionSpec, WorldEngine,
+                                   parse_size)
+from inference.lingbot.layout import LingbotModels, SizePolicy, load_models, read_size_policy
+from inference.lingbot.pipeline import ChunkPipeline, ChunkRequest
+from inference.lingbot.session import SessionStream, start_frame
+from inference.lingbot.slots import SlotPool
+from inference.models.config import ROPE_POSITIONS
+from inference.models.vae import SPACE_STRIDE, StreamingDecoder
+
+ENGINE_NAME = "lingbot-fast"
+CHUNK_LATENTS = 3
+DEFAULT_WINDOW = 12  # latent frames attended: 3 sink + 6 past + the chunk itself
+DEFAULT_SINK = 3  # the first chunk (start image) stays in view forever
+SCRATCH_ID = "__lingbot_scratch__"
+
+
+def pick_device(device: str | torch.device | None, dtype: torch.dtype | str | None
+                ) -> tuple[torch.device, torch.dtype]:
+    """cuda + bfloat16 when available, else cpu + float32; explicit values win."""
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+def nearest_size(width: int, height: int, sizes: list[str]) -> str:
+    """The allowed size closest to (width, height) in log scale of both sides."""
+    def distance(size: str) -> float:
+        w, h = (int(v) for v in size.split("*"))
+        return abs(math.log(w / width)) + abs(math.log(h / height))
+    return min(sizes, key=distance)
+
+
+class LingbotFastEngine(WorldEngine):
+    """LingBot-World-Fast behind the chunk interface; sessions of one signature share one batched DiT call."""
+
+    def __init__(self, models: LingbotModels, *, model_name: str, window: int | None = None,
+                 sink: int | None = None):
+        config = models.dit.config
+        if window is None:
+            window = config.local_attn_size if config.local_attn_size != -1 else DEFAULT_WINDOW
+        if sink is None:
+            sink = config.sink_size if config.local_attn_size != -1 else DEFAULT_SINK
+        if sink < 0 or window < sink + CHUNK_LATENTS:
+            raise ValueError(f"window {window} / sink {sink}: streaming needs a KV window (in latent frames) of at "
+                             f"least sink + {CHUNK_LATENTS}, and sink >= 0")
+        self.models = models
+        self.model_name = model_name
+        self.window, self.sink = window, sink
+        self.device = models.dit.patch_embedding.weight.device
+        self.dtype = models.dit.patch_embedding.weight.dtype
+        self.pipeline = ChunkPipeline(models.dit)
+        self.pools: dict[str, SlotPool] = {}
+        self.sessions: dict[str, SessionStream] = {}
+        self.signatures: dict[str, str] = {}
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
+                       dtype: torch.dtype | str | None = None, window: int | None = None, sink: int | None = None,
+                       sizes: list[str] | None = None, progress: bool | None = None) -> "LingbotFastEngine":
+        """Load the checkpoint folder (MODEL.md layout); `sizes` overrides the allowed W*H list."""
+        device, dtype = pick_device(device, dtype)
+        models = load_models(model_dir, device=device, dtype=dtype, progress=progress)
+        if sizes is not None:
+            policy = read_size_policy(Path(model_dir))
+            models.sizes = SizePolicy(sizes=list(sizes), default_size=policy.default_size
+                                      if policy.default_size in sizes else sizes[0])
+        return cls(models, model_name=Path(model_dir).resolve().name, window=window, sink=sink)
+
+    # -- interface ---------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        c = self.models.dit.config
+        summary = (f"{self.model_name}: DiT dim {c.dim} x {c.num_layers} layers, {c.control_type}, "
+                   f"window {self.window}/sink {self.sink} latent frames, {str(self.dtype).removeprefix('torch.')}")
+        return EngineInfo(name=ENGINE_NAME, model=summary, device=str(self.device), sizes=list(self.models.sizes.sizes),
+                          default_size=self.models.sizes.default_size,
+                          first_chunk_frames=StreamingDecoder.video_frames_for(CHUNK_LATENTS, first_chunk=True),
+                          chunk_frames=StreamingDecoder.video_frames_for(CHUNK_LATENTS, first_chunk=False),
+                          max_latent_frames=ROPE_POSITIONS,
+                          extra={"window": self.window, "sink": self.sink, "control_type": c.control_type,
+                                 "chunk_latents": CHUNK_LATENTS, "steps": self.pipeline.sampler.num_steps})
+
+    def warm_up(self) -> None:
+        """One throwaway first chunk at the default size (allocations, kernels, prompt cache)."""
+        w, h = (int(v) for v in self.models.sizes.default_size.split("*"))
+        self.render_test_frame("warm-up", 0, w, h)
+
+    def signature(self, width: int, height: int) -> str:
+        c = self.models.dit.config
+        return (f"{ENGINE_NAME}|{width}*{height}|latents{CHUNK_LATENTS}|steps{self.pipeline.sampler.num_steps}"
+                f"|{c.control_type}|window{self.window}/sink{self.sink}")
+
+    def open_session(self, spec: SessionSpec) -> str:
+        width, height = parse_size(f"{spec.width}*{spec.height}", self.models.sizes.sizes)
+        try:
+            image = start_frame(spec.image, width, height).to(self.device)
+        except ValueError as exc:
+            raise EngineUserError("bad_field", str(exc)) from exc
+        context = self.text_context(spec.prompt)
+        sig = self.signature(width, height)
+        pool = self.pools.get(sig)
+        if pool is None:
+            frame_seqlen = self.tokens_per_frame(width, height)
+            pool = self.pools[sig] = SlotPool(self.models.dit, frame_seqlen=frame_seqlen, window=self.window,
+                                              sink=self.sink)
+        self.close_session(spec.session_id)
+        slot = pool.acquire()
+        self.models.dit.set_prompt(pool.cache, slot, context)
+        self.sessions[spec.session_id] = SessionStream(
+            session_id=spec.session_id, prompt=spec.prompt, seed=spec.seed, width=width, height=height, image=image,
+            vae=self.models.vae, control_type=self.models.dit.config.control_type, chunk_latents=CHUNK_LATENTS,
+            slot=slot)
+        self.signatures[spec.session_id] = sig
+        return sig
+
+    def generate(self, works: list[ChunkWork]) -> list[ChunkOutput]:
+        if not works:
+            return []
+        sessions = [self._session(w.session_id) for w in works]
+        sigs = {self.signatures[w.session_id] for w in works}
+        if len(sigs) != 1 or len({w.session_id for w in works}) != len(works):
+            raise ValueError(f"one generate call takes distinct sessions of one signature, got {sorted(sigs)} "
+                             f"for {[w.session_id for w in works]}")
+        for work, session in zip(works, sessions):
+            self._check_chunk(work, session)
+        requests = [ChunkRequest(session=s, poses=w.poses, keys=w.keys) for w, s in zip(works, sessions)]
+        results = self.pipeline.run(self.pools[sigs.pop()].cache, requests)
+        return [ChunkOutput(frames=r.frames, model_ms=r.dit_ms, decode_ms=r.vae_ms) for r in results]
+
+    def set_prompt(self, session_id: str, prompt: str) -> None:
+        """Swap the cross-attention K/V of the session's slot; its KV window and position are kept."""
+        session = self._session(session_id)
+        context = self.text_context(prompt)
+        self.models.dit.set_prompt(self.pools[self.signatures[session_id]].cache, session.slot, context)
+        session.prompt = prompt
+
+    def reset(self, session_id: str) -> None:
+        session = self._session(session_id)
+        self.pools[self.signatures[session_id]].cache.reset(session.slot)
+        session.restart()
+
+    def close_session(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        sig = self.signatures.pop(session_id)
+        pool = self.pools[sig]
+        pool.release(session.slot)
+        if not len(pool):
+            del self.pools[sig]  # frees the cache memory of an unused size
+
+    def render_test_frame(self, prompt: str, seed: int, width: int, height: int) -> np.ndarray:
+        """The last frame of a throwaway session's first chunk at (width, height) or the nearest valid size."""
+        size = f"{width}*{height}"
+        sizes = self.models.sizes.sizes
+        if size not in sizes:
+            size = nearest_size(max(width, 1), max(height, 1), sizes)
+        w, h = (int(v) for v in size.split("*"))
+        self.open_session(SessionSpec(session_id=SCRATCH_ID, prompt=prompt, seed=seed, width=w, height=h))
+        try:
+            frames = self.sessions[SCRATCH_ID].expected_frames()
+            poses = np.broadcast_to(np.eye(4), (frames, 4, 4)).copy()
+            keys = np.zeros((frames, 8), dtype=np.float32)
+            out = self.generate([ChunkWork(session_id=SCRATCH_ID, chunk_index=0, poses=poses, keys=keys)])
+        finally:
+            self.close_session(SCRATCH_ID)
+        return out[0].frames[-1]
+
+    def close(self) -> None:
+        for session_id in list(self.sessions):
+            self.close_session(session_id)
+
+    # -- helpers -----------------------------------------------------------
+
+    def tokens_per_frame(self, width: int, height: int) -> int:
+        _, ph, pw = self.models.dit.config.patch_size
+        return (height // SPACE_STRIDE // ph) * (width // SPACE_STRIDE // pw)
+
+    def text_context(self, prompt: str) -> torch.Tensor:
+        """(L, text_dim) umT5 features of the prompt (cached per prompt), at most the DiT's text_len rows."""
+        context = self.models.text.encode([prompt])[0]
+        return context[: self.models.dit.config.text_len]
+
+    def pool_of(self, session_id: str) -> SlotPool:
+        return self.pools[self.signatures[session_id]]
+
+    def _session(self, session_id: str) -> SessionStream:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise EngineUserError("not_initialized", f"session {session_id!r} is not open on this engine")
+        return session
+
+    def _check_chunk(self, work: ChunkWork, session: SessionStream) -> None:
+        """Refuse a chunk past the RoPE table or with the wrong number of poses, before any state moves."""
+        if session.latent_frames + CHUNK_LATENTS > ROPE_POSITIONS:
+            raise EngineUserError(
+                "engine_failed", f"session {work.session_id!r} reached its maximum length of {ROPE_POSITIONS} "
+                f"latent frames (about {4 * ROPE_POSITIONS // 16 // 60} min of video); reset it to continue")
+        frames = session.expected_frames()
+        if np.shape(work.poses) != (frames, 4, 4) or np.shape(work.keys) != (frames, 8):
+            raise EngineUserError(
+                "bad_field", f"session {work.session_id!r} chunk {work.chunk_index}: got poses "
+                f"{np.shape(work.poses)} and keys {np.shape(work.keys)}, expected ({frames}, 4, 4) and ({frames}, 8)")

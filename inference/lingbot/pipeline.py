@@ -1,0 +1,92 @@
+"""One chunk for a batch of sessions: condition, 4-step DiT denoising + t=0 cache update, streaming VAE decode."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from inference.lingbot.session import SessionStream
+from inference.models.dit import CausalDiT
+from inference.models.kv_cache import DiTCache
+from inference.models.sampler import FlowMatchSampler
+from inference.models.vae import video_to_uint8
+
+LATENT_CHANNELS = 16
+
+
+@dataclass(kw_only=True)
+class ChunkRequest:
+    """One session's part of a batched chunk."""
+
+    session: SessionStream
+    poses: np.ndarray  # (F, 4, 4)
+    keys: np.ndarray  # (F, 8)
+
+
+@dataclass(kw_only=True)
+class ChunkResult:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    dit_ms: float
+    vae_ms: float
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ChunkPipeline:
+    """Runs the shared DiT over a batch of same-signature sessions and decodes each one's frames."""
+
+    def __init__(self, dit: CausalDiT, *, sampler: FlowMatchSampler | None = None):
+        self.dit = dit
+        self.sampler = sampler or FlowMatchSampler()
+        self.device = dit.patch_embedding.weight.device
+
+    @torch.no_grad()
+    def run(self, cache: DiTCache, requests: list[ChunkRequest]) -> list[ChunkResult]:
+        """Advance every session by one chunk (its camera, condition, KV slot and decoder move on)."""
+        t0 = time.perf_counter()
+        ys = [r.session.condition.next_chunk() for r in requests]  # (1, 20, n, h, w) each
+        sync(self.device)
+        t1 = time.perf_counter()
+        controls = [r.session.control(r.poses, r.keys, self.device) for r in requests]  # (1, C, n, h, w) each
+        latents = self.denoise(cache, requests, torch.cat(ys), torch.cat(controls))  # (B, 16, n, h, w)
+        sync(self.device)
+        t2 = time.perf_counter()
+        condition_ms = (t1 - t0) * 1000 / len(requests)
+        results = []
+        for b, r in enumerate(requests):
+            t3 = time.perf_counter()
+            video = r.session.decoder.decode_chunk(latents[b:b + 1])  # (1, 3, T, H, W)
+            frames = video_to_uint8(video)[0].cpu().numpy()  # (T, H, W, 3)
+            decode_ms = (time.perf_counter() - t3) * 1000
+            r.session.latent_frames += latents.shape[2]
+            r.session.chunks += 1
+            results.append(ChunkResult(frames=frames, dit_ms=(t2 - t1) * 1000, vae_ms=condition_ms + decode_ms))
+        return results
+
+    def denoise(self, cache: DiTCache, requests: list[ChunkRequest], y: torch.Tensor,
+                control: torch.Tensor) -> torch.Tensor:
+        """Sampler steps + the t=0 update for the batch; returns the clean latents (B, 16, n, h, w) float32."""
+        sessions = [r.session for r in requests]
+        batch, _, n, h, w = y.shape
+        slots = [s.slot for s in sessions]
+        starts = [s.latent_frames for s in sessions]
+        shape = (1, LATENT_CHANNELS, n, h, w)
+        # every session draws from its own generator, so batching does not change anyone's noise
+        x = torch.cat([s.noise(shape, self.device) for s in sessions])  # (B, 16, n, h, w)
+        steps = self.sampler.num_steps
+        for step in range(steps):
+            t = self.sampler.timestep(step, batch, self.device)
+            flow = self.dit(x, y, t, control, cache, starts, slots)  # (B, 16, n, h, w)
+            x0 = self.sampler.to_x0(step, x, flow.float())
+            if step + 1 < steps:
+                noise = torch.cat([s.noise(shape, self.device) for s in sessions])
+                x = self.sampler.renoise(step + 1, x0, noise)
+        clean = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        self.dit(x0, y, clean, control, cache, starts, slots)  # writes the chunk's final keys
+        return x0

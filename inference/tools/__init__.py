@@ -1,0 +1,1 @@
+"""Command-line tools (tiny checkpoints for tests and benches)."""
