@@ -87,16 +87,18 @@ function onText(msg) {
       awaitingSession = false;
       ui.setRunning(true);
       clearMessageIf(["engine_failed", "connection_lost"], true);
-      if (Number.isSafeInteger(msg.seed)) $("seed").placeholder = `random (last ${msg.seed})`;
+      $("stat-seed").textContent = Number.isSafeInteger(msg.seed) ? String(msg.seed) : "–";
       ui.setOverlay({ engine: msg.engine ?? config.engine, state: "generating" });
       if (msg.prompt && msg.prompt !== lastInit?.prompt) $("prompt-hint").textContent = `Running: ${msg.prompt}`;
       break;
     case "stats":
       lastStats = msg;
       ui.setOverlay({
-        serverFps: msg.fps, latencyMs: msg.control_latency_ms,
+        serverFps: msg.fps, latencyMs: msg.control_latency_ms ?? undefined,
         drops: `${msg.dropped ?? 0} / ${renderer.dropped}`,
       });
+      // The server says when the engine cannot hold the target rate; flag it rather than hide it.
+      $("stat-server-fps").classList.toggle("slow", msg.engine_keeping_up === false);
       break;
     case "status": {
       const where = msg.state === "queued" && msg.position != null ? ` #${msg.position}` : "";

@@ -100,9 +100,9 @@ def _start_server(run_dir: Path, extra_env: dict[str, str] | None = None):
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """A server shared by the tests of one module."""
+    """A server shared by the tests that do not stop or reconfigure it."""
     yield from _start_server(tmp_path_factory.mktemp("run"))
 
 

@@ -26,23 +26,25 @@ def test_page_loads_with_server_config(page, server):
 
 
 def test_session_streams_changing_frames(page, server, artifacts_dir):
-    """After Start the canvas shows a stream of frames whose picture changes over time."""
+    """After Start the canvas keeps receiving frames, and the picture changes as the view turns."""
     open_page(page, server)
     start_world(page)
     assert page.is_hidden("#stage-hint")
     drawn0, first = sample(page)
     assert first.std() > 2.0, "the canvas should show a picture, not a flat colour"
+    page.keyboard.down("l")  # the sim world is still when nothing moves; turning changes it
     page.wait_for_timeout(1500)
-    wait_new_frames(page, drawn0, count=5)
+    wait_new_frames(page, drawn0, count=10)
     _, later = sample(page)
-    assert change(first, later) > 0.5
+    page.keyboard.up("l")
+    assert change(first, later) > 2.0
     session = page.evaluate("() => window.__worldDebug.session")
     assert session["engine"] == page.text_content("#stat-engine").strip()
     page.screenshot(path=str(artifacts_dir / "stream-1280.png"))
 
 
 def test_overlay_shows_plausible_fps(page, server):
-    """A few seconds into a session the overlay shows a plausible client and server frame rate."""
+    """A few seconds into a session the overlay shows a plausible frame rate, and a latency once keys are used."""
     open_page(page, server)
     start_world(page)
     page.wait_for_function(
@@ -51,9 +53,15 @@ def test_overlay_shows_plausible_fps(page, server):
     page.wait_for_timeout(1000)  # the overlay refreshes twice a second
     client_fps = float(page.text_content("#stat-fps"))
     server_fps = float(page.text_content("#stat-server-fps"))
-    assert 5.0 <= client_fps <= 20.0
-    assert 5.0 <= server_fps <= 20.0
-    assert page.text_content("#stat-latency").strip().endswith("ms")
+    # Plausibility, not speed: a loaded CI machine may run the sim engine well below 16 fps.
+    assert 2.0 <= client_fps <= 20.0
+    assert 2.0 <= server_fps <= 20.0
+    assert abs(client_fps - server_fps) <= max(3.0, 0.5 * server_fps)
+    # Control latency appears once a key edge has been played out.
+    page.keyboard.down("w")
+    page.wait_for_function(
+        "() => document.getElementById('stat-latency').textContent.endsWith('ms')", timeout=15000)
+    page.keyboard.up("w")
 
 
 def test_holding_w_moves_the_picture_more_than_standing_still(page, server):
