@@ -42,3 +42,15 @@ def power(x: np.ndarray, exponent: int) -> np.ndarray:
         if exponent:
             base = base * base
     return np.ones_like(x) if result is None else result
+
+
+def arctan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Elementwise atan2(y, x) in float32 on top of `arctan` (x = 0 gives +-pi/2)."""
+    y = np.asarray(y, np.float32)
+    x = np.asarray(x, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = y / x
+    ratio = np.nan_to_num(ratio, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    angle = arctan(ratio)
+    angle += (x < 0).astype(np.float32) * np.copysign(np.float32(np.pi), y)
+    return angle

@@ -1,4 +1,7 @@
-"""Sky, sun, clouds, stars and haze colour as functions of a ray's elevation and azimuth."""
+"""Sky, sun, clouds, stars and haze colour as functions of a ray's elevation and azimuth.
+
+Colours are channel-first: (3, rows, columns).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,16 @@ import math
 import numpy as np
 
 from .fastmath import power
+from .look import Look
 from .scene import Scene
 
 SUN_RADIUS_RAD = math.radians(0.9)  # drawn a little larger than the real sun to read at 832 px
 CLOUD_HEIGHT_M = 1400.0  # cloud layer altitude above the camera
 
 
-def _rgb(c) -> np.ndarray:
-    return np.asarray(c, np.float32)
+def rgb(c, ndim: int = 3) -> np.ndarray:
+    """A colour as a float32 (3, 1, ...) array that broadcasts over ndim-1 trailing axes."""
+    return np.asarray(c, np.float32).reshape((3,) + (1,) * (ndim - 1))
 
 
 def sun_angles(scene: Scene) -> tuple[float, float, float]:
@@ -24,18 +29,19 @@ def sun_angles(scene: Scene) -> tuple[float, float, float]:
 
 
 def haze_colour(scene: Scene, cos_dsun_az: np.ndarray) -> np.ndarray:
-    """Colour of distant haze at the horizon for columns at the given cos(azimuth - sun); (A, 3)."""
+    """Colour of distant haze at the horizon for columns at the given cos(azimuth - sun); (3, A)."""
     look = scene.look
     _, sin_s, cos_s = sun_angles(scene)
-    cos_g = np.maximum(cos_dsun_az * cos_s, 0.0)[:, None]  # (A, 1) cos of angle to the sun
-    glow = 0.35 * cos_g ** 6 + 0.25 * cos_g ** 40
+    cos_g = np.maximum(cos_dsun_az * cos_s, 0.0)[None]  # (1, A) cos of angle to the sun
+    p6 = power(cos_g, 6)
+    glow = 0.35 * p6 + 0.25 * power(p6, 7)
     near_horizon = math.exp(-max(sin_s, 0.0) * 4.0)  # a low sun tints the whole horizon
-    return _rgb(look.sky_horizon)[None] + _rgb(look.glow)[None] * glow * (0.4 + 0.6 * near_horizon)
+    return rgb(look.sky_horizon, 2) + rgb(look.glow, 2) * glow * (0.4 + 0.6 * near_horizon)
 
 
 def sky_colour(scene: Scene, sin_el: np.ndarray, cos_el: np.ndarray, world_az: np.ndarray,
                cam_xz: tuple[float, float]) -> np.ndarray:
-    """Sky seen along rays at row elevations x column world azimuths; (R, A, 3) float32.
+    """Sky seen along rays at row elevations x column world azimuths; (3, R, A) float32.
 
     sin_el, cos_el: (R,) per row; world_az: (A,) per column; cam_xz: camera (x, z) in metres.
     """
@@ -43,24 +49,24 @@ def sky_colour(scene: Scene, sin_el: np.ndarray, cos_el: np.ndarray, world_az: n
     sun_az, sin_s, cos_s = sun_angles(scene)
     t = np.sqrt(np.maximum(sin_el, 0.0))[:, None]  # (R, 1) 0 at the horizon, 1 overhead
     below = np.minimum(np.maximum(-sin_el, 0.0) * 3.0, 1.0)[:, None]
-    base = (_rgb(look.sky_horizon) * (1 - t) + _rgb(look.sky_zenith) * t) * (1.0 - 0.25 * below)
+    base = (rgb(look.sky_horizon) * (1 - t) + rgb(look.sky_zenith) * t) * (1.0 - 0.25 * below)
     cos_daz = np.cos(world_az - sun_az).astype(np.float32)  # (A,)
     cos_g = cos_el[:, None] * (cos_s * cos_daz)[None] + (sin_el * sin_s)[:, None]  # (R, A)
     pos = np.maximum(cos_g, 0.0)
     p6 = power(pos, 6)
     p48 = power(p6, 8)
     glow = (0.3 * p6 + 0.35 * p48) * (1.0 - 0.6 * t) * (0.45 + 0.55 * look.sun_strength)
-    sky = base[:, None, :] + glow[..., None] * _rgb(look.glow)  # (R, A, 3)
-    if look.cloud_cover > 0.01:
-        _add_clouds(scene, sky, sin_el, cos_el, world_az, cam_xz, p6)
+    sky = base + rgb(look.glow) * glow  # (3, R, A)
+    if look.stars > 0.01:
+        sky += _stars(sin_el, world_az, look.stars)
     if look.sun_disc > 0:
         _add_sun_disc(look, sky, cos_g, sin_el, sin_s)
-    if look.stars > 0.01:
-        sky += _stars(sin_el, world_az, look.stars)[..., None]
+    if look.cloud_cover > 0.01:
+        _add_clouds(scene, sky, sin_el, cos_el, world_az, cam_xz, p6)
     return sky
 
 
-def _add_sun_disc(look, sky: np.ndarray, cos_g: np.ndarray, sin_el: np.ndarray,
+def _add_sun_disc(look: Look, sky: np.ndarray, cos_g: np.ndarray, sin_el: np.ndarray,
                   sin_s: float) -> None:
     """Draw the sun (or moon) disc and its bright core halo, in place, on rows near it."""
     near = np.abs(np.arcsin(np.clip(sin_el, -1, 1)) - math.asin(max(-1.0, min(1.0, sin_s))))
@@ -72,8 +78,7 @@ def _add_sun_disc(look, sky: np.ndarray, cos_g: np.ndarray, sin_el: np.ndarray,
     edge = math.cos(SUN_RADIUS_RAD)
     disc = np.clip((cg - edge) * (6.0 / (1.0 - edge)), 0.0, 1.0) * (look.sun_disc * 2.0)
     halo = power(np.maximum(cg, 0.0), 600) * 0.5
-    sky[lo:hi] += (disc[..., None] * (_rgb(look.sun_colour) * 0.5 + 0.6)
-                   + halo[..., None] * _rgb(look.glow))
+    sky[:, lo:hi] += disc * (rgb(look.sun_colour) * 0.5 + 0.6) + halo * rgb(look.glow)
 
 
 def _add_clouds(scene: Scene, sky: np.ndarray, sin_el: np.ndarray, cos_el: np.ndarray,
@@ -87,13 +92,15 @@ def _add_clouds(scene: Scene, sky: np.ndarray, sin_el: np.ndarray, cos_el: np.nd
     rows = np.nonzero(show > 0)[0]
     if rows.size == 0:
         return
-    dist = CLOUD_HEIGHT_M * cos_el[rows] / np.maximum(sin_el[rows], 1e-3)  # (r,) metres along ground
+    lo, hi = int(rows[0]), int(rows[-1]) + 1  # `show` rises with elevation: rows are a band
     inv = 1.0 / cfg.cloud_cell_m
-    dist = (dist * inv).astype(np.float32)[:, None]
-    u = np.float32(cam_xz[0] * inv) + dist * np.sin(world_az)[None]  # (r, A) cloud texels
+    # Ground distance to where each ray meets the cloud layer, in cloud texels; (r, 1).
+    dist = (CLOUD_HEIGHT_M * inv * cos_el[lo:hi] / np.maximum(sin_el[lo:hi], 1e-3))
+    dist = dist.astype(np.float32)[:, None]
+    u = np.float32(cam_xz[0] * inv) + dist * np.sin(world_az)[None]  # (r, A)
     v = np.float32(cam_xz[1] * inv) + dist * np.cos(world_az)[None]
     u0, v0 = np.floor(u), np.floor(v)
-    fu, fv = (u - u0).astype(np.float32), (v - v0).astype(np.float32)
+    fu, fv = u - u0, v - v0
     iu, iv = u0.astype(np.int32) & (m - 1), v0.astype(np.int32) & (m - 1)
     iu1 = (iu + 1) & (m - 1)
     r0, r1 = iv * m, ((iv + 1) & (m - 1)) * m
@@ -102,12 +109,10 @@ def _add_clouds(scene: Scene, sky: np.ndarray, sin_el: np.ndarray, cos_el: np.nd
     top += (np.take(flat, r0 + iu1) - top) * fu
     bot = np.take(flat, r1 + iu)
     bot += (np.take(flat, r1 + iu1) - bot) * fu
-    amount = (top + (bot - top) * fv) * show[rows, None]  # (r, A)
-    lo, hi = int(rows[0]), int(rows[-1]) + 1  # `show` rises with elevation: rows are a band
+    amount = (top + (bot - top) * fv) * show[lo:hi, None]  # (r, A)
     shade = 1.0 - 0.28 * amount + 0.5 * power(sun_p6[lo:hi], 2)
-    cloud = _rgb(look.cloud_colour) * shade[..., None]
-    part = sky[lo:hi]
-    part += (cloud - part) * (amount[..., None] * 0.92)
+    part = sky[:, lo:hi]
+    part += (rgb(look.cloud_colour) * shade - part) * (amount * 0.92)
 
 
 def _stars(sin_el: np.ndarray, world_az: np.ndarray, strength: float) -> np.ndarray:
