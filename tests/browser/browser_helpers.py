@@ -24,6 +24,12 @@ def open_page(page, server):
     page.wait_for_function("() => window.__worldDebug && window.__worldDebug.connected", timeout=15000)
 
 
+def start_session(page):
+    """Press Start and wait for the server's session reply (before the first frame)."""
+    page.click("#start")
+    page.wait_for_function("() => window.__worldDebug.session !== null", timeout=30000)
+
+
 def start_world(page, min_frames: int = 3):
     """Press Start and wait until frames are being drawn."""
     page.click("#start")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser_helpers import change, open_page, sample, start_world, wait_new_frames
+from browser_helpers import change, open_page, sample, start_session, start_world, wait_new_frames
 
 pytestmark = pytest.mark.browser
 
@@ -48,7 +48,7 @@ def test_overlay_shows_plausible_fps(page, server):
     open_page(page, server)
     start_world(page)
     page.wait_for_function(
-        "() => window.__worldDebug.stats !== null && window.__worldDebug.frames.received > 40",
+        "() => window.__worldDebug.stats !== null && window.__worldDebug.frames.received > 20",
         timeout=30000)
     page.wait_for_timeout(1000)  # the overlay refreshes twice a second
     client_fps = float(page.text_content("#stat-fps"))
@@ -88,7 +88,7 @@ def test_holding_w_moves_the_picture_more_than_standing_still(page, server):
 def test_held_key_sends_one_down_edge_and_highlights_legend(page, server):
     """Auto-repeat of a held key sends a single down edge and the legend lights the key."""
     open_page(page, server)
-    start_world(page)
+    start_session(page)
     for _ in range(5):
         page.keyboard.down("d")  # Playwright marks the repeats with event.repeat
     page.wait_for_timeout(100)
@@ -102,7 +102,7 @@ def test_held_key_sends_one_down_edge_and_highlights_legend(page, server):
 def test_typing_in_prompt_sends_no_controls(page, server):
     """Typing W A S D and arrows in the prompt box edits the text and steers nothing."""
     open_page(page, server)
-    start_world(page)
+    start_session(page)
     page.fill("#prompt", "")
     page.type("#prompt", "wasd ijkl")
     page.keyboard.press("ArrowLeft")
@@ -119,7 +119,7 @@ def test_typing_in_prompt_sends_no_controls(page, server):
 def test_losing_focus_releases_held_keys(page, server, lose_focus):
     """When the page loses focus or visibility every held key is released with an up edge."""
     open_page(page, server)
-    start_world(page)
+    start_session(page)
     page.keyboard.down("w")
     page.keyboard.down("ArrowLeft")
     page.wait_for_function("() => window.__worldDebug.sent.control_down === 2")
@@ -160,7 +160,7 @@ def test_narrow_screen_has_touch_pad_and_no_sideways_scroll(browser, server, art
     try:
         page = context.new_page()
         open_page(page, server)
-        start_world(page)
+        start_session(page)
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
         assert page.is_visible("#pads")
         pad = page.locator("#pads [data-key='w']")
@@ -192,7 +192,7 @@ def test_large_start_image_is_downscaled_and_used(page, server):
                                                  "buffer": png.getvalue()}])
     page.locator("#image-preview").wait_for(state="visible", timeout=15000)
     assert page.text_content("#image-caption").startswith("1280×853")
-    start_world(page)
+    start_session(page)
     assert page.evaluate("() => window.__worldDebug.session") is not None
     assert not (page.is_visible("#message") and page.get_attribute("#message", "data-level") == "error")
 
@@ -221,7 +221,7 @@ def test_dropped_image_becomes_the_start_image(page, server):
 def test_keyboard_user_can_tab_to_the_picture_and_steer(page, server):
     """Tabbing reaches the picture with a visible focus ring, and W then steers the world."""
     open_page(page, server)
-    start_world(page)
+    start_session(page)
     page.focus("#prompt")
     for _ in range(20):
         page.keyboard.press("Shift+Tab")
