@@ -37,7 +37,7 @@ def trajectory(frames: int) -> np.ndarray:
         z += 0.05 * math.cos(yaw)
         cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
         r_yaw = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        r_pitch = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])  # positive looks up
+        r_pitch = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])  # positive looks up
         poses[i] = np.eye(4)
         poses[i, :3, :3] = r_yaw @ r_pitch
         poses[i, :3, 3] = (x, 0.0, z)
