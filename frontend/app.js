@@ -72,6 +72,8 @@ function startSession() {
 }
 
 function sendInit() {
+  const hint = $("stage-hint");
+  if (!hint.hidden) hint.replaceChildren(Object.assign(document.createElement("p"), { textContent: "Starting your world…" }));
   controls.forgetServerState();
   session = null;
   awaitingSession = true;

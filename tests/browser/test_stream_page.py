@@ -171,6 +171,7 @@ def test_narrow_screen_has_touch_pad_and_no_sideways_scroll(browser, server, art
         assert page.evaluate("() => window.__worldDebug.held") == ["w"]
         page.mouse.up()
         page.wait_for_function("() => window.__worldDebug.sent.control_up === 1")
+        page.wait_for_function("() => window.__worldDebug.frames.drawn >= 2", timeout=30000)
         page.screenshot(path=str(artifacts_dir / "stream-360.png"), full_page=True)
     finally:
         context.close()
