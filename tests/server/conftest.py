@@ -162,9 +162,14 @@ def receive(ws, seconds: float = 1.0, *, frames: int | None = None, until_type: 
     return got
 
 
+def open_ws(url: str, **kwargs):
+    """A connected sync client that the caller closes (or uses in a `with` block)."""
+    return connect(url, **kwargs).__enter__()
+
+
 def start_session(srv: ServerProcess, **init) -> tuple[object, dict]:
     """Connect, send init, return (ws, session reply)."""
-    ws = connect(srv.ws_url, max_size=None, open_timeout=10)
+    ws = open_ws(srv.ws_url, max_size=None, open_timeout=10)
     ws.send(json.dumps({"type": "init", "prompt": "green hills", "seed": 7, **init}))
     got = receive(ws, 20.0, until_type="session")
     replies = got.of_type("session")

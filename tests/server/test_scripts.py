@@ -55,12 +55,11 @@ def test_start_then_stop_leaves_no_process(tmp_path):
 def test_graceful_close_code_on_stop(tmp_path):
     """SIGTERM closes client connections with 1001 (going away)."""
     from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
 
-    from conftest import ServerProcess
+    from conftest import ServerProcess, open_ws
 
     srv = ServerProcess(tmp_path, {}).start()
-    ws = connect(srv.ws_url)
+    ws = open_ws(srv.ws_url)
     ws.send(json.dumps({"type": "ping", "t": 1}))
     ws.recv(timeout=5)
     srv.proc.send_signal(15)
