@@ -12,6 +12,7 @@ from inference.models.config import DiTConfig
 from inference.models.dit_blocks import DiTBlock, Head, run_in_weight_dtype
 from inference.models.kv_cache import DiTCache, SelfAttentionCache, TextCache, slot_rows
 from inference.models.rope import RotaryTables
+from inference.models.sequence import LOCAL, LocalSequence
 
 CONDITION_CHANNELS_I2V = 20  # 4 mask + 16 image latent
 
@@ -45,6 +46,13 @@ class CausalDiT(nn.Module):
             for _ in range(config.num_layers))
         self.head = Head(dim, config.out_dim, config.patch_volume, config.eps)
         self.rope = RotaryTables(config.head_dim)
+        self.sequence: LocalSequence = LOCAL
+
+    def use_sequence(self, sequence: LocalSequence) -> None:
+        """Lay chunks out over ranks as `sequence` says (caches made afterwards hold its share of heads)."""
+        self.sequence = sequence
+        for block in self.blocks:
+            block.self_attn.sequence = sequence
 
     def rebuild_buffers(self, device: torch.device | str) -> None:
         """Recompute the non-persistent RoPE tables (needed after building on the meta device)."""
@@ -73,7 +81,8 @@ class CausalDiT(nn.Module):
         shape = dict(num_layers=cfg.num_layers, capacity=capacity, num_heads=cfg.num_heads,
                      head_dim=cfg.head_dim, dtype=dtype, device=device)
         self_kv = SelfAttentionCache(kv_tokens=frames * frame_seqlen, frame_seqlen=frame_seqlen, window=window,
-                                     sink_frames=sink, max_attention_tokens=max_attention_tokens, **shape)
+                                     sink_frames=sink, max_attention_tokens=max_attention_tokens,
+                                     **{**shape, "num_heads": self.sequence.local_heads(cfg.num_heads)})
         return DiTCache(self_kv=self_kv, text=TextCache(text_len=cfg.text_len, **shape))
 
     @torch.no_grad()
@@ -131,11 +140,13 @@ class CausalDiT(nn.Module):
             self.time_embedding[0].weight.dtype)).float()  # (B, dim)
         e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(1, (6, -1))
         camera = None if control is None else self.embed_control(control)
-        plan = cache.self_kv.plan(slots, [s * frame_seqlen for s in start_frames], tokens.shape[1])
+        length = tokens.shape[1]
+        plan = cache.self_kv.plan(slots, [s * frame_seqlen for s in start_frames], length)
         rows = slot_rows(slots, tokens.device)
+        tokens, rope, camera = self.sequence.split(tokens, rope, camera)  # this rank's tokens
         for layer, block in enumerate(self.blocks):
             tokens = block(tokens, e0, rope, camera, cache.text.layer(layer, rows), cache.self_kv, layer, plan)
-        return self.unpatchify(self.head(tokens, e), grid)
+        return self.unpatchify(self.sequence.gather(self.head(tokens, e), length), grid)
 
     def embed_latent(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Concatenate latent and condition, Conv3d patch embed -> tokens (B, L, dim) and grid (F, h, w)."""

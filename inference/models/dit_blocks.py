@@ -9,6 +9,7 @@ from torch import nn
 from inference.models.attention import attention
 from inference.models.kv_cache import CachePlan, SelfAttentionCache
 from inference.models.rope import apply_rotary
+from inference.models.sequence import LOCAL, LocalSequence
 
 
 class RMSNorm(nn.Module):
@@ -56,6 +57,7 @@ class CausalSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.sequence: LocalSequence = LOCAL  # token/head layout over ranks; set from outside (CausalDiT.use_sequence)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache,
                 layer: int, plan: CachePlan) -> torch.Tensor:
@@ -68,8 +70,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = rope
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        k_window, v_window, key_mask = cache.store(layer, plan, k, v)
-        out = attention(q, k_window, v_window.to(q.dtype), key_mask)  # (B, L, heads, head_dim)
+        out = self.sequence.attend(q, k, v, cache, layer, plan)  # (B, L, heads, head_dim)
         return self.o(out.flatten(2))  # (B, L, dim)
 
 
