@@ -97,7 +97,8 @@ def replay_checks(model: CausalDiT, sampler: FlowMatchSampler, run: RolloutFile)
         for name, store in (("k", kv.k), ("v", kv.v)):
             stored = torch.stack([run[f"chunk{c}/kv_after_update/layer{layer}/{name}"][0]
                                   for layer in range(model.config.num_layers)])
-            yield compare(f"dit/replay/chunk{c}/kv_after_update_{name}", store[:, 0], stored, **CALL_TOL,
+            held = model.sequence.full_heads(store[:, 0], dim=2)  # (layers, kv_tokens, heads, head_dim)
+            yield compare(f"dit/replay/chunk{c}/kv_after_update_{name}", held, stored, **CALL_TOL,
                           note="all layers")
 
 
@@ -119,9 +120,15 @@ def free_running_checks(model: CausalDiT, sampler: FlowMatchSampler, run: Rollou
     yield compare("dit/rollout/x0_latents", torch.cat(chunks, dim=1), run["x0_latents"], **ROLLOUT_TOL)
 
 
-def run(fixture: Fixture) -> Iterator[Check]:
-    """All DiT checks of a fixture set (config and cache geometry read from the set itself)."""
+def run(fixture: Fixture, *, ctx=None, options=None) -> Iterator[Check]:
+    """All DiT checks of a fixture set (config and cache geometry read from the set itself).
+
+    With a ParallelContext and ParallelOptions the DiT runs in that layout
+    (Ulysses, FSDP2); every rank computes the same checks.
+    """
     model = load_dit_checkpoint(fixture.path("transformer"), device="cpu", dtype=torch.float32)
+    if ctx is not None:
+        model = options.apply_dit(model, ctx)
     rollout = RolloutFile(fixture)
     steps = rollout["timesteps_index"].tolist()
     sampler = FlowMatchSampler(step_indices=steps)

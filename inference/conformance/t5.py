@@ -14,9 +14,12 @@ ATOL = 1e-4
 RTOL = 1e-4
 
 
-def run(fixture: Fixture) -> Iterator[Check]:
+def run(fixture: Fixture, *, ctx=None, options=None) -> Iterator[Check]:
+    """All T5 checks; with a ParallelContext and ParallelOptions the encoder runs in that layout."""
     config = T5Config.from_json(fixture.path("t5/t5_config.json"))
     model = load_t5(fixture.path("t5/t5.pth"), config, "cpu", torch.float32)
+    if ctx is not None:
+        model = options.apply_t5(model, ctx)
     g = fixture.tensors("t5/goldens.safetensors")
 
     context = model(g["ids"], g["mask"])  # (B, text_len, dim)

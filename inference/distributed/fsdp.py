@@ -1,0 +1,44 @@
+"""FSDP2 (`fully_shard`) of the DiT and T5 encoder, one unit per block, applied from outside the model code."""
+
+from __future__ import annotations
+
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+from inference.distributed.context import ParallelContext
+from inference.models.dit import CausalDiT
+from inference.models.t5 import T5Encoder
+
+
+def world_mesh(ctx: ParallelContext) -> DeviceMesh:
+    return init_device_mesh(ctx.device.type, (ctx.world_size,))
+
+
+def shard_dit(model: CausalDiT, ctx: ParallelContext) -> CausalDiT:
+    """Shard every DiT block's parameters over all ranks (gathered per block while it runs).
+
+    `set_prompt` reads the cross-attention projections and the text
+    embedding outside `forward`, so those methods are registered to unshard
+    their parameters as well.
+    """
+    if not ctx.distributed:
+        return model
+    mesh = world_mesh(ctx)
+    for block in model.blocks:
+        fully_shard(block.cross_attn, mesh=mesh)
+        register_fsdp_forward_method(block.cross_attn, "project_context")
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    register_fsdp_forward_method(model, "set_prompt")
+    return model
+
+
+def shard_t5(model: T5Encoder, ctx: ParallelContext) -> T5Encoder:
+    """Shard every T5 block's parameters over all ranks (the embedding and final norm at the root)."""
+    if not ctx.distributed:
+        return model
+    mesh = world_mesh(ctx)
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
