@@ -78,7 +78,8 @@ function sendInit() {
   session = null;
   awaitingSession = true;
   ui.setOverlay({ state: "starting" });
-  if (!conn.send(lastInit)) ui.setOverlay({ state: "waiting for connection" });
+  // Before /config has loaded there is no connection yet; the init goes out when it opens.
+  if (!conn || !conn.send(lastInit)) ui.setOverlay({ state: "waiting for connection" });
 }
 
 function onText(msg) {

@@ -140,6 +140,7 @@ def page(browser):
     page.js_errors = errors
     yield page
     context.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 @pytest.fixture(scope="session")
