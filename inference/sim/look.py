@@ -31,8 +31,8 @@ class Look:
     stars: float = 0.0  # star field brightness
     water_level_m: float = 0.0  # lakes fill everything below this height
     water_colour: Colour = (0.1, 0.27, 0.33)  # deep-water body colour
-    grass: Colour = (0.36, 0.55, 0.2)  # lush meadow
-    grass_dry: Colour = (0.6, 0.62, 0.3)  # sunburnt meadow patches
+    grass: Colour = (0.3, 0.47, 0.17)  # lush meadow
+    grass_dry: Colour = (0.54, 0.54, 0.28)  # sunburnt meadow patches
     forest: Colour = (0.13, 0.3, 0.12)  # tree canopy seen from afar
     rock: Colour = (0.47, 0.44, 0.41)  # cliffs and steep slopes
     sand: Colour = (0.8, 0.72, 0.52)  # beaches and dunes

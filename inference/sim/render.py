@@ -146,6 +146,12 @@ def _shade_ground(fr: _Frame, ground: GroundSamples, haze: np.ndarray,
     np.clip(f, 0.0, 1.0, out=f)
     t_prev = np.take(t, kp)
     dist = t_prev + (np.take(t, k) - t_prev) * f  # (r, A) metres
+    # Rays steeper than the first sample meet the ground before it: take the ground as
+    # level at that sample's height there, so looking straight down stays sharp.
+    first = k == 0
+    if first.any():
+        ratio = np.clip(hit[0] / np.minimum(tan_el, -1e-6), 0.0, 1.0)
+        dist = np.where(first, t[0] * ratio, dist)
     prev += (hit - prev) * f  # interpolated haze and colour
     colour = prev[2:]
     near_rows = np.nonzero(np.any(dist < fr.cfg.detail_fade_m, axis=1))[0]
@@ -209,11 +215,23 @@ def _add_detail(fr: _Frame, colour: np.ndarray, dist: np.ndarray) -> None:
     fade_m = fr.cfg.detail_fade_m
     inv = np.float32(1.0 / terrain.config.detail_cell_m)
     d = np.minimum(dist, fade_m) * inv
-    u = np.floor(np.float32(fr.x * inv) + d * fr.sin_az[None]).astype(np.int32) & (m - 1)
-    v = np.floor(np.float32(fr.z * inv) + d * fr.cos_az[None]).astype(np.int32) & (m - 1)
+    u = np.float32(fr.x * inv) + d * fr.sin_az[None]  # (r, A) detail texels
+    v = np.float32(fr.z * inv) + d * fr.cos_az[None]
+    u0, v0 = np.floor(u), np.floor(v)
+    fu, fv = u - u0, v - v0
+    iu, iv = u0.astype(np.int32) & (m - 1), v0.astype(np.int32) & (m - 1)
+    iu1 = (iu + 1) & (m - 1)
+    r0, r1 = iv * m, ((iv + 1) & (m - 1)) * m
+    top = np.take(detail, r0 + iu)
+    top += (np.take(detail, r0 + iu1) - top) * fu
+    bot = np.take(detail, r1 + iu)
+    bot += (np.take(detail, r1 + iu1) - bot) * fu
+    top += (bot - top) * fv
     fade = np.maximum(1.0 - dist * np.float32(1.0 / fade_m), 0.0)
-    gain = 1.0 + (np.take(detail, v * m + u) - 1.0) * fade
-    colour *= gain
+    top -= 1.0
+    top *= fade
+    top += 1.0
+    colour *= top
 
 
 def _to_pixels(out: np.ndarray, pixel_cell: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -20,8 +20,8 @@ class TerrainConfig:
     cell_m: float = 4.0  # metres per texel; the world repeats every size*cell_m metres
     hill_m: float = 110.0  # height range of the rolling hills
     mountain_m: float = 420.0  # height of the ridged mountains where the range mask is high
-    detail_size: int = 512  # texels per side of the near-ground detail texture
-    detail_cell_m: float = 0.07  # metres per detail texel (grass tufts, pebbles)
+    detail_size: int = 1024  # texels per side of the near-ground detail texture
+    detail_cell_m: float = 0.04  # metres per detail texel (grass tufts, pebbles)
     cloud_size: int = 256  # texels per side of the cloud-cover texture
     cloud_cell_m: float = 40.0  # metres per cloud texel on the cloud layer
 
@@ -52,16 +52,19 @@ class Terrain:
         n = cfg.size
         if n & (n - 1):
             raise ValueError(f"terrain size {n} is not a power of two")
-        rng = np.random.default_rng([self.seed, 0x51A])
-        self.height = self._shape_height(rng, n)  # (n, n) metres
+        # One random stream per field, so changing how one is made leaves the others alone.
+        def stream(tag: int) -> np.random.Generator:
+            return np.random.default_rng([self.seed, 0x51A, tag])
+
+        self.height = self._shape_height(stream(0), n)  # (n, n) metres
         self.normal = self._normals(self.height, cfg.cell_m)  # (3, n, n) x, y(up), z
         self._smooth = box_blur(self.height, 1)  # ground the camera walks on
         self.cavity = np.clip((self.height - box_blur(self.height, 4)) * 0.08, -1, 1)
-        self.patch = fbm(rng, n, 16, 5)  # meadow/forest patches
-        self.speckle = fbm(rng, n, 128, 3)  # small-scale colour variation
-        self.detail = self._detail(rng, cfg.detail_size)
-        self.cloud = fbm(rng, cfg.cloud_size, 4, 5)
-        self.origin = self._spawn_point(rng)  # (x, z) metres of the world origin
+        self.patch = fbm(stream(1), n, 16, 5)  # meadow/forest patches
+        self.speckle = fbm(stream(2), n, 128, 3)  # small-scale colour variation
+        self.detail = self._detail(stream(3), cfg.detail_size)
+        self.cloud = fbm(stream(4), cfg.cloud_size, 4, 5)
+        self.origin = self._spawn_point(stream(5))  # (x, z) metres of the world origin
 
     def _shape_height(self, rng: np.random.Generator, n: int) -> np.ndarray:
         cfg = self.config
@@ -87,10 +90,11 @@ class Terrain:
     @staticmethod
     def _detail(rng: np.random.Generator, n: int) -> np.ndarray:
         """Brightness multiplier around 1 for close-up ground texture; (n, n) float32."""
-        fine = value_noise(rng, n // 2, n) - 0.5
-        mid = value_noise(rng, n // 8, n) - 0.5
-        coarse = value_noise(rng, n // 32, n) - 0.5
-        return (1.0 + 0.55 * fine + 0.35 * mid + 0.3 * coarse).astype(np.float32)
+        fine = rng.random((n, n), dtype=np.float32) - 0.5  # single-texel grain
+        small = value_noise(rng, n // 4, n) - 0.5
+        mid = value_noise(rng, n // 16, n) - 0.5
+        coarse = value_noise(rng, n // 64, n) - 0.5
+        return (1.0 + 0.25 * fine + 0.45 * small + 0.35 * mid + 0.3 * coarse).astype(np.float32)
 
     def ground_height(self, x_m: float, z_m: float) -> float:
         """Height in metres of the (slightly smoothed) ground at world position (x, z)."""
