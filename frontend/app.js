@@ -161,7 +161,6 @@ function onConnectionState(event) {
       if (lastInit) sendInit();
       break;
     case "waiting": {
-      const wasRunning = session !== null || awaitingSession;
       session = null;
       controls.forgetServerState();
       ui.setRunning(false);
@@ -175,7 +174,7 @@ function onConnectionState(event) {
       } else {
         ui.showMessage(
           `Lost the connection to the server: ${describeClose(event.code, event.reason)}. `
-          + `Reconnecting in ${seconds} s${wasRunning ? " and restarting your world" : ""}…`,
+          + `Reconnecting in ${seconds} s${lastInit ? " and restarting your world" : ""}…`,
           "error", "connection_lost");
       }
       break;

@@ -9,7 +9,7 @@ from browser_helpers import open_page, start_world
 pytestmark = pytest.mark.browser
 
 
-def test_server_restart_is_survived(page, own_server):
+def test_server_restart_is_survived(page, own_server, artifacts_dir):
     """After the server restarts on the same ports the page reconnects, re-inits and frames flow again."""
     open_page(page, own_server)
     page.fill("#prompt", "a quiet harbour at dawn")
@@ -21,6 +21,7 @@ def test_server_restart_is_survived(page, own_server):
     page.wait_for_function(
         "() => document.getElementById('message').dataset.code === 'connection_lost'", timeout=15000)
     assert page.get_attribute("#conn-state", "data-state") in ("waiting", "reconnecting")
+    page.screenshot(path=str(artifacts_dir / "connection-lost.png"))
 
     own_server.start(http_port=http_port, ws_port=ws_port)
     received_before = page.evaluate("() => window.__worldDebug.frames.received")
