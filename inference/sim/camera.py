@@ -27,6 +27,7 @@ REF_SIZE = (832, 480)
 REF_INTRINSICS = (502.9116, 503.10812, 415.77786, 239.77779)  # fx, fy, cx, cy at 832x480
 MAX_ANISOTROPY = 0.06  # larger per-axis focal mismatch switches to one focal length
 KNOT = 8  # pixels between exactly computed ray angles along a row
+GRID_CELL_BUDGET = 1.3 * 832 * 480  # grid cells a frame may shade before the grid gets coarser
 
 
 def intrinsics(width: int, height: int) -> tuple[float, float, float, float]:
@@ -73,6 +74,13 @@ class RayGrid:
     del_: float  # elevation step per row
     n_el: int  # rows
     pixel_cell: np.ndarray  # (H*W,) int32 flat index row*n_az + col of each pixel's nearest cell
+
+
+def session_camera(width: int, height: int) -> Camera:
+    """The camera an engine session uses: full grid resolution up to about 832x480 pixels,
+    coarser above so 1280x720 costs little more than 832x480 (pixels still sample exact rays)."""
+    oversample = min(1.0, math.sqrt(GRID_CELL_BUDGET / (width * height)))
+    return Camera(width, height, oversample=oversample)
 
 
 class Camera:

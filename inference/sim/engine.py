@@ -13,7 +13,7 @@ from inference.engine.base import (
     parse_size,
 )
 
-from .camera import Camera
+from .camera import Camera, session_camera
 from .look import ImagePalette, Look, apply_palette, look_from_prompt, palette_from_image
 from .render import RenderConfig, render_view
 from .scene import Scene
@@ -75,7 +75,7 @@ class SimEngine(WorldEngine):
     def _camera(self, width: int, height: int) -> Camera:
         camera = self._cameras.get((width, height))
         if camera is None:
-            camera = self._cameras[(width, height)] = Camera(width, height)
+            camera = self._cameras[(width, height)] = session_camera(width, height)
         return camera
 
     def open_session(self, spec: SessionSpec) -> str:
