@@ -168,6 +168,20 @@ class EngineError(msgspec.Struct, tag=True, kw_only=True):
     fatal: bool = False
 
 
+class SignatureLoad(msgspec.Struct, kw_only=True):
+    """What rank 0 learned about one batching signature: batch limit, step times, capacity at 16 fps."""
+
+    signature: str
+    size: str  # "W*H" of the sessions opened with it
+    sessions: int  # open now
+    batch_limit: int  # learned largest batch
+    step_ms: dict[int, float] = {}  # batch size -> estimated step time (EMA)
+    session_ms: float | None = None  # step time per session at the batch limit
+    capacity: float | None = None  # sessions it could hold at the target fps alone
+    batches: int = 0  # steps run
+    late_batches: int = 0  # steps that made a session late that a one-session step would not have
+
+
 class Heartbeat(msgspec.Struct, tag=True, kw_only=True):
     """Sent about twice a second by rank 0's I/O thread while the engine lives."""
 
@@ -179,6 +193,8 @@ class Heartbeat(msgspec.Struct, tag=True, kw_only=True):
     chunk_ms_p95: float | None = None
     ranks: list[RankHealth] = []
     gpus: list[GpuInfo] = []
+    batching: list[SignatureLoad] = []
+    mixed_batches: int = 0  # steps whose sessions had different signatures (always 0 unless a bug)
 
 
 ToEngine = OpenSession | StepChunk | SetPrompt | ResetSession | CloseSession | RenderTestFrame | Shutdown

@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chunk-frames", type=int, default=4, help="sim: video frames per chunk")
     ap.add_argument("--model-dir", default="", help="lingbot-fast: checkpoint folder")
     ap.add_argument("--jpeg-quality", type=int, default=85)
-    ap.add_argument("--max-batch", type=int, default=1, help="largest same-signature batch per step")
+    ap.add_argument("--max-batch", type=int, default=8,
+                    help="ceiling of the learned same-signature batch limit (1 = one session per step)")
     return ap.parse_args(argv)
 
 

@@ -14,6 +14,7 @@ from inference import protocol as P
 from inference.engine.base import ChunkWork, EngineUserError, SessionSpec, WorldEngine
 from inference.engine.frames import decode_image, encode_jpeg
 from inference.engine.link import FrontLink
+from inference.engine.batching import BatchLearner, signature_loads
 from inference.engine.scheduler import ChunkScheduler, PendingStep
 
 log = logging.getLogger("engine.loop")
@@ -41,11 +42,16 @@ class ChunkTimer:
 class EngineLoop:
     """Runs one engine for the front until Shutdown (or a fatal error)."""
 
-    def __init__(self, engine: WorldEngine, link: FrontLink, *, jpeg_quality: int = 85, max_batch: int = 1):
+    def __init__(self, engine: WorldEngine, link: FrontLink, *, jpeg_quality: int = 85, max_batch: int = 8):
         self.engine = engine
         self.link = link
         self.jpeg_quality = jpeg_quality
-        self.scheduler = ChunkScheduler(max_batch=max_batch)
+        self.scheduler = ChunkScheduler(learner=BatchLearner(max_batch=max_batch))
+        info = engine.info()
+        self.chunk_period_s = info.chunk_frames / info.fps  # seconds of video one chunk plays
+        self.sizes: dict[str, str] = {}  # batching signature -> "W*H" of its sessions
+        self.loads: list[dict] = []  # heartbeat view, replaced whole after each step (read by the I/O thread)
+        self.mixed_batches = 0
         self.signatures: dict[str, str] = {}  # session_id -> batching signature
         self.timer = ChunkTimer()
         self.stopping = False
@@ -54,7 +60,8 @@ class EngineLoop:
         """Called on the I/O thread: only reads thread-safe or atomic state."""
         p50, p95 = self.timer.percentiles()
         return {"sessions": len(self.signatures), "queued_steps": len(self.scheduler),
-                "chunk_ms_p50": p50, "chunk_ms_p95": p95}
+                "chunk_ms_p50": p50, "chunk_ms_p95": p95,
+                "batching": [P.SignatureLoad(**load) for load in self.loads], "mixed_batches": self.mixed_batches}
 
     def run(self) -> None:
         while not self.stopping:
@@ -96,6 +103,7 @@ class EngineLoop:
             self.scheduler.drop_session(msg.session_id)
             self.signatures.pop(msg.session_id, None)
             self.engine.close_session(msg.session_id)
+            self._update_loads()
         elif isinstance(msg, P.RenderTestFrame):
             self._test_frame(msg)
         elif isinstance(msg, P.Shutdown):
@@ -115,6 +123,8 @@ class EngineLoop:
             self.link.send(P.EngineError(code=code, message=str(exc), session_id=msg.session_id))
             return
         self.signatures[msg.session_id] = sig
+        self.sizes[sig] = f"{msg.width}*{msg.height}"
+        self._update_loads()
         self.link.send(P.SessionOpened(session_id=msg.session_id, prompt=msg.prompt,
                                        width=msg.width, height=msg.height, signature=sig))
 
@@ -125,6 +135,22 @@ class EngineLoop:
             fn(session_id, *args)
         except EngineUserError as exc:
             self.link.send(P.EngineError(code=exc.code, message=str(exc), session_id=session_id))
+
+    def _update_loads(self) -> None:
+        """Rebuild the heartbeat's per-signature view (signatures with open sessions)."""
+        counts: dict[str, int] = {}
+        for sig in self.signatures.values():
+            counts[sig] = counts.get(sig, 0) + 1
+        sizes = {sig: size for sig, size in self.sizes.items() if sig in counts}
+        self.loads = signature_loads(self.scheduler.learner, sizes, counts, self.chunk_period_s)
+
+    def _learn(self, batch: list[PendingStep], start: float) -> None:
+        """Feed the step time and the tightest deadline slack to the batch learner."""
+        sigs = {step.signature for step in batch}
+        self.mixed_batches += len(sigs) > 1
+        slack_s = min(step.request.deadline for step in batch) - start
+        self.scheduler.learner.record(batch[0].signature, len(batch), time.time() - start, slack_s)
+        self._update_loads()
 
     def _generate(self, batch: list[PendingStep]) -> None:
         start = time.time()
@@ -155,6 +181,7 @@ class EngineLoop:
                                      queue_ms=(start - step.arrived_at) * 1000)
             self.link.send(P.ChunkReady(session_id=step.request.session_id, chunk_index=step.request.chunk_index,
                                         num_frames=len(jpegs), timings=timings), *jpegs)
+        self._learn(batch, start)
 
     def _test_frame(self, msg: P.RenderTestFrame) -> None:
         try:

@@ -1,9 +1,11 @@
-"""Pick the next chunk(s) to generate: earliest playback deadline first, same-signature batches."""
+"""Pick the next chunk(s) to generate: earliest playback deadline first, due same-signature sessions batched."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+from inference.engine.batching import BatchLearner
 from inference.protocol import StepChunk
 
 
@@ -20,12 +22,14 @@ class PendingStep:
 class ChunkScheduler:
     """Holds at most one pending chunk per session (a newer request replaces an older one).
 
-    Bounded by the number of open sessions. `next_batch` returns the request with
-    the earliest deadline plus other pending requests of the same signature, up to
-    `max_batch` (per-signature batch limits are learned by the engine loop).
+    Bounded by the number of open sessions. `next_batch` takes the request with
+    the earliest deadline (ties: the signature that is cheaper per session, then
+    the earliest arrival) and adds pending requests of the same signature, never
+    another one, up to the signature's learned batch cap, as long as each is due
+    and adding it keeps the head on time.
     """
 
-    max_batch: int = 1
+    learner: BatchLearner = field(default_factory=BatchLearner)
     pending: dict[str, PendingStep] = field(default_factory=dict)
 
     def submit(self, step: PendingStep) -> PendingStep | None:
@@ -40,14 +44,38 @@ class ChunkScheduler:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def next_batch(self, batch_limit: dict[str, int] | None = None) -> list[PendingStep]:
+    def _priority(self, step: PendingStep) -> tuple[float, float, float]:
+        cost = self.learner.per_session_s(step.signature)
+        return step.request.deadline, cost if cost is not None else 0.0, step.arrived_at
+
+    def next_batch(self, now: float | None = None) -> list[PendingStep]:
         """Remove and return the next batch to run (empty when nothing is pending)."""
         if not self.pending:
             return []
-        ordered = sorted(self.pending.values(), key=lambda s: (s.request.deadline, s.arrived_at))
+        now = time.time() if now is None else now
+        ordered = sorted(self.pending.values(), key=self._priority)
         head = ordered[0]
-        limit = (batch_limit or {}).get(head.signature, self.max_batch)
-        batch = [s for s in ordered if s.signature == head.signature][: max(1, limit)]
-        for s in batch:
-            del self.pending[s.request.session_id]
+        cap = self.learner.batch_cap(head.signature)
+        batch = [head]
+        for step in ordered[1:]:
+            if len(batch) >= cap:
+                break
+            if step.signature != head.signature:
+                continue
+            if not self._may_join(head, step, len(batch) + 1, now):
+                break  # later requests are due even later
+            batch.append(step)
+        for step in batch:
+            del self.pending[step.request.session_id]
         return batch
+
+    def _may_join(self, head: PendingStep, step: PendingStep, size: int, now: float) -> bool:
+        """Due (its frames run out before a following step could end) and the head stays on time."""
+        t_size = self.learner.expected_s(head.signature, size)
+        if t_size is None:
+            return True  # nothing measured yet: the cap (1 at first) decides
+        if step.request.deadline > now + 2 * t_size:
+            return False
+        t_alone = self.learner.expected_s(head.signature, 1) or 0.0
+        head_late_anyway = now + t_alone > head.request.deadline
+        return head_late_anyway or now + t_size <= head.request.deadline
