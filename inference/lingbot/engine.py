@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,17 @@ class LingbotFastEngine(WorldEngine):
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
                        dtype: torch.dtype | str | None = None, window: int | None = None, sink: int | None = None,
-                       sizes: list[str] | None = None, progress: bool | None = None) -> "LingbotFastEngine":
-        """Load the checkpoint folder (MODEL.md layout); `sizes` overrides the allowed W*H list."""
+                       sizes: list[str] | None = None, progress: bool | None = None,
+                       prepare: Callable[[LingbotModels], None] | None = None) -> "LingbotFastEngine":
+        """Load the checkpoint folder (MODEL.md layout); `sizes` overrides the allowed W*H list.
+
+        `prepare` sees the loaded models before any cache exists (the engine
+        group applies its parallel layout there).
+        """
         device, dtype = pick_device(device, dtype)
         models = load_models(model_dir, device=device, dtype=dtype, progress=progress)
+        if prepare is not None:
+            prepare(models)
         if sizes is not None:
             policy = read_size_policy(Path(model_dir))
             models.sizes = SizePolicy(sizes=list(sizes), default_size=policy.default_size
@@ -139,7 +147,9 @@ class LingbotFastEngine(WorldEngine):
             self._check_chunk(work, session)
         requests = [ChunkRequest(session=s, poses=w.poses, keys=w.keys) for w, s in zip(works, sessions)]
         results = self.pipeline.run(self.pools[sigs.pop()].cache, requests)
-        return [ChunkOutput(frames=r.frames, model_ms=r.dit_ms, decode_ms=r.vae_ms) for r in results]
+        # VAE time = condition encode + decode (ChunkOutput has one field for both)
+        return [ChunkOutput(frames=r.frames, model_ms=r.dit_ms, decode_ms=r.condition_ms + r.decode_ms)
+                for r in results]
 
     def set_prompt(self, session_id: str, prompt: str) -> None:
         """Swap the cross-attention K/V of the session's slot; its KV window and position are kept."""

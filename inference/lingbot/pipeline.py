@@ -30,7 +30,11 @@ class ChunkRequest:
 class ChunkResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
     dit_ms: float
-    vae_ms: float
+    """The batch's DiT time (4 steps + cache update), shared by its sessions."""
+    condition_ms: float
+    """VAE encode of the condition y (0 once it reached its steady state), the batch's mean."""
+    decode_ms: float
+    """This session's streaming VAE decode + uint8 conversion."""
 
 
 def sync(device: torch.device) -> None:
@@ -66,7 +70,8 @@ class ChunkPipeline:
             decode_ms = (time.perf_counter() - t3) * 1000
             r.session.latent_frames += latents.shape[2]
             r.session.chunks += 1
-            results.append(ChunkResult(frames=frames, dit_ms=(t2 - t1) * 1000, vae_ms=condition_ms + decode_ms))
+            results.append(ChunkResult(frames=frames, dit_ms=(t2 - t1) * 1000, condition_ms=condition_ms,
+                                       decode_ms=decode_ms))
         return results
 
     def denoise(self, cache: DiTCache, requests: list[ChunkRequest], y: torch.Tensor,
