@@ -72,7 +72,7 @@ THEMES: dict[str, dict] = {
     "forest": dict(
         forest_amount=0.9, grass=(0.26, 0.5, 0.16), grass_dry=(0.4, 0.55, 0.2),
         forest=(0.08, 0.26, 0.09), fog_density=0.0007),
-    "water": dict(water_level_m=12.0, sand=(0.86, 0.8, 0.62), water_colour=(0.03, 0.3, 0.42)),
+    "water": dict(water_level_m=12.0, sand=(0.78, 0.72, 0.55), water_colour=(0.03, 0.3, 0.42)),
     "fog": dict(
         fog_density=0.004, fog_height_m=500.0, sky_horizon=(0.78, 0.8, 0.82), ambient=(0.5, 0.52, 0.56),
         sky_zenith=(0.6, 0.64, 0.7), sun_strength=0.65, sun_disc=0.35, cloud_cover=0.75),
@@ -109,8 +109,19 @@ def prompt_themes(prompt: str) -> list[str]:
     return found
 
 
-# Ground themes win over others on fields they share ("snowy forest": white ground, green trees).
-THEME_PRIORITY = {"snow": 2, "desert": 2}
+GROUND_FIELDS = frozenset({"grass", "grass_dry", "forest", "rock", "sand", "snow", "forest_amount",
+                           "snow_amount", "sand_amount"})
+# Where themes share a field, the one that owns it wins: snow and desert own the ground
+# ("snowy forest": white ground, green trees), times of day and weather own the light
+# ("desert at night" is dark). Themes of equal rank average.
+GROUND_THEMES = frozenset({"snow", "desert"})
+LIGHT_THEMES = frozenset({"night", "sunset", "dawn", "storm", "fog"})
+
+
+def _rank(theme: str, field_name: str) -> int:
+    if field_name in GROUND_FIELDS:
+        return 2 if theme in GROUND_THEMES else 1
+    return 2 if theme in LIGHT_THEMES else 1
 
 
 def look_from_prompt(prompt: str) -> Look:
@@ -120,8 +131,8 @@ def look_from_prompt(prompt: str) -> Look:
     values = {}
     for f in dataclasses.fields(Look):
         setters = [t for t in themes if f.name in THEMES[t]]
-        top = max((THEME_PRIORITY.get(t, 1) for t in setters), default=0)
-        picks = [THEMES[t][f.name] for t in setters if THEME_PRIORITY.get(t, 1) == top]
+        top = max((_rank(t, f.name) for t in setters), default=0)
+        picks = [THEMES[t][f.name] for t in setters if _rank(t, f.name) == top]
         if picks:
             values[f.name] = _average(picks)
     if "night" in themes and ("sunset" in themes or "dawn" in themes):

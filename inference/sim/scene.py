@@ -70,10 +70,11 @@ class Scene:
         forest = smoothstep(forest_edge, forest_edge + 0.04, patch + 0.15 * (speck - 0.5))
         forest *= smoothstep(0.35, 0.2, slope) * smoothstep(wl + 0.5, wl + 3.0, h)
         forest *= smoothstep(190.0 + 200 * look.sand_amount, 140.0, h)
-        ground = _mix(grass, _rgb(look.forest) * (0.7 + 0.6 * speck), forest)
+        crowns = 0.35 + 1.4 * (terrain.crowns - 0.5) * 2.2 + 0.6 * speck
+        ground = _mix(grass, _rgb(look.forest) * np.maximum(crowns, 0.25), forest)
         sand = _rgb(look.sand) * (0.92 + 0.16 * speck)
         ground = _mix(ground, sand, np.float32(look.sand_amount))
-        beach = smoothstep(wl + 1.8 + 2.0 * patch, wl + 0.3, h)
+        beach = smoothstep(wl + 1.8 + 2.0 * patch, wl + 0.3, h) * smoothstep(0.12, 0.04, slope)
         ground = _mix(ground, sand, beach)
         rock = _rgb(look.rock) * (0.75 + 0.5 * speck)
         steep = smoothstep(0.28, 0.45, slope + 0.1 * (speck - 0.5))
@@ -102,7 +103,7 @@ class Scene:
         direct = np.maximum(nx * sx + ny * sy + nz * sz, 0.0) * self._shadow(terrain)
         occlusion = np.clip(1.0 + 1.5 * terrain.cavity, 0.55, 1.15)
         sky = (0.55 + 0.45 * ny) * occlusion
-        return (_rgb(look.sun_colour) * (look.sun_strength * 1.15) * direct
+        return (_rgb(look.sun_colour) * look.sun_strength * direct
                 + _rgb(look.ambient) * sky)
 
     def _shadow(self, terrain: Terrain) -> np.ndarray:

@@ -110,7 +110,7 @@ def _add_clouds(scene: Scene, sky: np.ndarray, sin_el: np.ndarray, cos_el: np.nd
     bot = np.take(flat, r1 + iu)
     bot += (np.take(flat, r1 + iu1) - bot) * fu
     amount = (top + (bot - top) * fv) * show[lo:hi, None]  # (r, A)
-    shade = 1.0 - 0.28 * amount + 0.5 * power(sun_p6[lo:hi], 2)
+    shade = 1.0 - 0.28 * amount + 0.25 * power(sun_p6[lo:hi], 2)
     part = sky[:, lo:hi]
     part += (rgb(look.cloud_colour) * shade - part) * (amount * 0.92)
 

@@ -65,6 +65,8 @@ class Terrain:
         self.detail = self._detail(stream(3), cfg.detail_size)
         self.cloud = fbm(stream(4), cfg.cloud_size, 4, 5)
         self.origin = self._spawn_point(stream(5))  # (x, z) metres of the world origin
+        # One random brightness per texel: tree crowns catching or missing the light.
+        self.crowns = box_blur(stream(6).random((n, n), dtype=np.float32), 1)
 
     def _shape_height(self, rng: np.random.Generator, n: int) -> np.ndarray:
         cfg = self.config
