@@ -49,9 +49,10 @@ def test_info_describes_cpu_sim_engine(engine):
 
 
 def test_import_is_torch_free_and_quick():
-    """Importing inference.sim loads neither torch nor anything that takes a second."""
-    code = ("import sys, time; t = time.perf_counter(); import inference.sim; "
-            "print('torch' in sys.modules, time.perf_counter() - t)")
+    """Importing inference.sim loads no torch and takes well under a second of CPU."""
+    # CPU time, not wall time: other processes on a busy machine must not fail this.
+    code = ("import sys, time; t = time.process_time(); import inference.sim; "
+            "print('torch' in sys.modules, time.process_time() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded, seconds = out.stdout.split()
     assert loaded == "False" and float(seconds) < 1.0
