@@ -85,7 +85,7 @@ class SimEngine(WorldEngine):
             image = np.asarray(spec.image)
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 4:
                 raise EngineUserError(
-                    "bad_image", f"start image must be (H>=4, W, 3) uint8, got {image.shape} {image.dtype}")
+                    "bad_field", f"start image must be (H>=4, W, 3) uint8, got {image.shape} {image.dtype}")
             palette = palette_from_image(image)
         scene = Scene(self._terrain(spec.seed), _look(spec.prompt, palette))
         self._sessions[spec.session_id] = _Session(spec=spec, palette=palette, scene=scene,
@@ -132,7 +132,7 @@ class SimEngine(WorldEngine):
             if not (isinstance(value, (int, np.integer)) and lo <= value <= hi):
                 raise EngineUserError("bad_field", f"{name} {value!r} is outside {lo}..{hi}")
         scene = Scene(self._terrain(int(seed)), look_from_prompt(prompt))
-        return render_view(scene, Camera(int(width), int(height)), np.eye(4),
+        return render_view(scene, session_camera(int(width), int(height)), np.eye(4),
                            config=self.render_config).rgb
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ how each cell finds the terrain it sees.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

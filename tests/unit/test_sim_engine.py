@@ -131,6 +131,13 @@ def test_start_image_pulls_colours_toward_it(engine):
     engine.close_session("tinted")
 
 
+def test_bad_start_image_is_a_user_error(engine):
+    """A start image that is not (H, W, 3) uint8 is refused with bad_field."""
+    with pytest.raises(EngineUserError) as err:
+        engine.open_session(spec("gray", image=np.zeros((32, 32), np.uint8)))
+    assert err.value.code == "bad_field" and "(32, 32)" in str(err.value)
+
+
 def test_sizes_are_validated(engine):
     """Sessions accept LingBot sizes only; the error names the allowed ones."""
     with pytest.raises(EngineUserError) as err:
