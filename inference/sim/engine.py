@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .terrain import Terrain
 
 TEST_FRAME_SIZES = (16, 2048)  # inclusive width/height range accepted by render_test_frame
 TERRAIN_CACHE = 4  # seeds whose terrain stays built after their sessions close
+SCENE_CACHE = 8  # painted (seed, look) scenes kept for sessions and prompts that repeat
 
 
 @dataclass(kw_only=True)
@@ -51,6 +53,7 @@ class SimEngine(WorldEngine):
         self.render_config = render or RenderConfig()
         self._sessions: dict[str, _Session] = {}
         self._terrains: OrderedDict[int, Terrain] = OrderedDict()
+        self._scenes: OrderedDict[tuple, Scene] = OrderedDict()  # (seed, look fields) -> scene
         self._cameras: dict[tuple[int, int], Camera] = {}
 
     def info(self) -> EngineInfo:
@@ -72,6 +75,17 @@ class SimEngine(WorldEngine):
                 del self._terrains[old]
         return terrain
 
+    def _scene(self, seed: int, look: Look) -> Scene:
+        """The painted scene for a seed and look, shared by sessions that ask for the same."""
+        key = (seed, dataclasses.astuple(look))
+        scene = self._scenes.get(key)
+        if scene is None:
+            scene = self._scenes[key] = Scene(self._terrain(seed), look)
+            if len(self._scenes) > SCENE_CACHE:
+                self._scenes.popitem(last=False)  # sessions still hold theirs
+        self._scenes.move_to_end(key)
+        return scene
+
     def _camera(self, width: int, height: int) -> Camera:
         camera = self._cameras.get((width, height))
         if camera is None:
@@ -87,7 +101,7 @@ class SimEngine(WorldEngine):
                 raise EngineUserError(
                     "bad_field", f"start image must be (H>=4, W, 3) uint8, got {image.shape} {image.dtype}")
             palette = palette_from_image(image)
-        scene = Scene(self._terrain(spec.seed), _look(spec.prompt, palette))
+        scene = self._scene(spec.seed, _look(spec.prompt, palette))
         self._sessions[spec.session_id] = _Session(spec=spec, palette=palette, scene=scene,
                                                    camera=self._camera(w, h))
         return f"sim:{w}x{h}:{self.chunk_frames}"
@@ -115,8 +129,7 @@ class SimEngine(WorldEngine):
 
     def set_prompt(self, session_id: str, prompt: str) -> None:
         session = self._get(session_id)
-        session.spec.prompt = prompt
-        session.scene = Scene(session.scene.terrain, _look(prompt, session.palette))
+        session.scene = self._scene(session.spec.seed, _look(prompt, session.palette))
 
     def reset(self, session_id: str) -> None:
         """Nothing to rewind: frames depend only on the poses, the seed and the current prompt."""
@@ -131,11 +144,12 @@ class SimEngine(WorldEngine):
         for name, value in (("width", width), ("height", height)):
             if not (isinstance(value, (int, np.integer)) and lo <= value <= hi):
                 raise EngineUserError("bad_field", f"{name} {value!r} is outside {lo}..{hi}")
-        scene = Scene(self._terrain(int(seed)), look_from_prompt(prompt))
+        scene = self._scene(int(seed), look_from_prompt(prompt))
         return render_view(scene, session_camera(int(width), int(height)), np.eye(4),
                            config=self.render_config).rgb
 
     def close(self) -> None:
         self._sessions.clear()
         self._terrains.clear()
+        self._scenes.clear()
         self._cameras.clear()
