@@ -61,6 +61,10 @@ class SimEngine(WorldEngine):
                           default_size="832*480", first_chunk_frames=self.chunk_frames,
                           chunk_frames=self.chunk_frames)
 
+    def warm_up(self) -> None:
+        """Build the default size's level-view ray grid (seeds are unknown until a session opens)."""
+        self._camera(832, 480).grid(0.0)
+
     def _terrain(self, seed: int) -> Terrain:
         terrain = self._terrains.get(seed)
         if terrain is None:
