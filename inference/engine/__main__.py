@@ -1,4 +1,8 @@
-"""Engine process entry: `python -m inference.engine --engine sim --endpoint tcp://127.0.0.1:PORT`."""
+"""Engine process entry: `python -m inference.engine --engine sim --endpoint tcp://127.0.0.1:PORT`.
+
+Under torchrun (WORLD_SIZE > 1) rank 0 talks to the front and the other
+ranks follow it (inference/engine/group.py).
+"""
 
 from __future__ import annotations
 
@@ -27,14 +31,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--jpeg-quality", type=int, default=85)
     ap.add_argument("--max-batch", type=int, default=8,
                     help="ceiling of the learned same-signature batch limit (1 = one session per step)")
+    ap.add_argument("--collective-timeout-s", type=float, default=30.0,
+                    help="torchrun group: seconds before a silent rank fails the group")
+    # torch-free flags (the sim engine never imports torch); same meaning as ParallelOptions.add_arguments
+    ap.add_argument("--ulysses-size", type=int, default=None, help="torchrun group: ranks splitting each chunk")
+    ap.add_argument("--dit-fsdp", action="store_true", help="torchrun group: shard DiT block weights (FSDP2)")
+    ap.add_argument("--t5-fsdp", action="store_true", help="torchrun group: shard T5 block weights (FSDP2)")
     return ap.parse_args(argv)
+
+
+def build_engine(args: argparse.Namespace, ctx):
+    """The engine of this rank; in a group the lingbot models get the parallel layout of the flags."""
+    options: dict = {}
+    if ctx is not None and ctx.distributed and args.engine == "lingbot-fast":
+        from inference.distributed.options import ParallelOptions
+
+        layout = ParallelOptions.from_args(args)
+
+        def prepare(models) -> None:
+            layout.apply_dit(models.dit, ctx)
+            layout.apply_t5(models.text.model, ctx)
+
+        options = {"device": ctx.device, "prepare": prepare}
+    return make_engine(args.engine, chunk_frames=args.chunk_frames, model_dir=args.model_dir, options=options)
+
+
+def join_group(args: argparse.Namespace):
+    """This rank's ParallelContext from the torchrun environment (imports torch)."""
+    from inference.distributed.context import ParallelContext
+
+    return ParallelContext.from_env(ulysses_size=args.ulysses_size, timeout_s=args.collective_timeout_s)
+
+
+def follower_main(args: argparse.Namespace, ctx) -> int:
+    """A rank other than 0: build and warm the same engine, then replay rank 0's calls until shutdown."""
+    from inference.engine.group import follow
+
+    try:
+        engine = build_engine(args, ctx)
+        engine.warm_up()
+        follow(engine, ctx)
+        engine.close()
+        ctx.shutdown()
+        return 0
+    except Exception as exc:  # the group cannot go on without this rank: exit non-zero, torchrun ends the group
+        log.error("rank %d failed: %s\n%s", ctx.rank, exc, traceback.format_exc())
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s [engine %(process)d] %(name)s: %(message)s")
-    link = FrontLink(args.endpoint)
+    ctx = None  # one process: no torch.distributed at all
+    grouped = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if grouped and int(os.environ["RANK"]) != 0:
+        return follower_main(args, join_group(args))
+    link = FrontLink(args.endpoint)  # heartbeats start before the (slow) torch import and rendezvous
     loop_holder: list[EngineLoop] = []
     link.status = lambda: loop_holder[0].heartbeat_fields() if loop_holder else {"sessions": 0, "queued_steps": 0}
     link.start()
@@ -42,12 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: link.inbound.put(P.Shutdown()))
     try:
         t0 = time.time()
+        if grouped:
+            link.send(P.EngineProgress(stage="loading", detail="joining the torchrun group"))
+            ctx = join_group(args)
         link.send(P.EngineProgress(stage="loading", detail=f"building engine {args.engine}"))
-        engine = make_engine(args.engine, chunk_frames=args.chunk_frames, model_dir=args.model_dir)
+        engine = build_engine(args, ctx)
         link.send(P.EngineProgress(stage="warming", detail="warm-up"))
         engine.warm_up()
+        loop_type = EngineLoop
+        if ctx is not None:
+            from inference.engine.group import GroupLoop, LeaderEngine
+
+            engine, loop_type = LeaderEngine(engine, ctx), GroupLoop
+            engine.tick()  # every rank answered once before the front hears "ready"
         info = engine.info()
-        loop = EngineLoop(engine, link, jpeg_quality=args.jpeg_quality, max_batch=args.max_batch)
+        loop = loop_type(engine, link, jpeg_quality=args.jpeg_quality, max_batch=args.max_batch)
         loop_holder.append(loop)
         link.send(P.EngineReady(engine=info.name, model=info.model, world_size=info.world_size, device=info.device,
                                 sizes=list(info.sizes), default_size=info.default_size, fps=info.fps,
@@ -57,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         loop.run()
         engine.close()
         link.close()
+        if ctx is not None:
+            ctx.shutdown()
         return 0
     except Exception as exc:  # anything unexpected is fatal: tell the front, exit non-zero, get restarted
         log.error("engine failed: %s\n%s", exc, traceback.format_exc())
