@@ -119,13 +119,13 @@ class LingbotFastEngine(WorldEngine):
         except ValueError as exc:
             raise EngineUserError("bad_field", str(exc)) from exc
         context = self.text_context(spec.prompt)
+        self.close_session(spec.session_id)  # before taking a pool: closing may drop an emptied one
         sig = self.signature(width, height)
         pool = self.pools.get(sig)
         if pool is None:
             frame_seqlen = self.tokens_per_frame(width, height)
             pool = self.pools[sig] = SlotPool(self.models.dit, frame_seqlen=frame_seqlen, window=self.window,
                                               sink=self.sink)
-        self.close_session(spec.session_id)
         slot = pool.acquire()
         self.models.dit.set_prompt(pool.cache, slot, context)
         self.sessions[spec.session_id] = SessionStream(

@@ -176,3 +176,13 @@ def test_missing_file_error_names_the_file_and_the_download_command(model_dir, t
     with pytest.raises(ModelFolderError) as err:
         LingbotFastEngine.from_model_dir(broken)
     assert "Wan2.1_VAE.pth" in str(err.value) and "huggingface-cli download" in str(err.value)
+
+
+def test_opening_an_open_session_again_restarts_it(engine):
+    """A second open_session with the same id (the only session of its size) starts over with a 9-frame chunk."""
+    open_session(engine, "again")
+    run_chunks(engine, "again", 1)
+    open_session(engine, "again", seed=4)
+    assert engine.generate([work(engine, "again", 0)])[0].frames.shape[0] == 9
+    engine.close_session("again")
+    assert not engine.pools

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint
-from tests.server.conftest import receive, start_session
+from tests.server.conftest import http_get, receive, start_session
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_lingbot_server_streams_frames_steers_with_keys_and_renders_test_frames(
     """A tiny lingbot-fast server streams 48x32 JPEGs, holding W changes them versus idle, and /test-frame works."""
     srv = server_factory(ENGINE="lingbot-fast", MODEL_DIR=str(tiny_dir), ENGINE_STEP_TIMEOUT_S="120")
     assert srv.json("/status")["engine"]["name"] == "lingbot-fast"
-    status, headers, body = srv.get("/test-frame?prompt=hills&width=64&height=48")
+    status, headers, body = http_get(srv.url("/test-frame?prompt=hills&width=64&height=48"), timeout=60.0)
     assert status == 200 and headers["Content-Type"].startswith("image/jpeg")
     assert Image.open(io.BytesIO(body)).size == (64, 48)
     idle_ws, reply = start_session(srv, size="48*32", seed=3)
