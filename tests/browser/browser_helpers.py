@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 AUTH_TOKEN_FOR_TESTS = "browser-test-token"
@@ -52,3 +54,13 @@ def wait_new_frames(page, after: int, count: int = 2, timeout: float = 15000):
 def change(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute per-channel difference between two thumbnails (0..255)."""
     return float(np.abs(a - b).mean())
+
+
+def wait_for_picture(page, condition, timeout_s: float = 15.0) -> np.ndarray:
+    """Sample the canvas until `condition(thumbnail)` holds; returns that thumbnail (or the last one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, pixels = sample(page)
+        if condition(pixels) or time.monotonic() > deadline:
+            return pixels
+        page.wait_for_timeout(200)

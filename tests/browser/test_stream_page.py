@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from browser_helpers import change, open_page, sample, start_session, start_world, wait_new_frames
+from browser_helpers import (change, open_page, sample, start_session, start_world, wait_for_picture,
+                             wait_new_frames)
 
 pytestmark = pytest.mark.browser
 
@@ -65,22 +66,21 @@ def test_overlay_shows_plausible_fps(page, server):
 
 
 def test_holding_w_moves_the_picture_more_than_standing_still(page, server):
-    """Holding W changes the picture far more over 1.5 s than standing still does."""
+    """Holding W changes the picture far more than the same time standing still does."""
     open_page(page, server)
     start_world(page)
-    page.wait_for_timeout(1500)  # let the first chunk settle
     drawn, idle_a = sample(page)
     page.wait_for_timeout(1500)
     wait_new_frames(page, drawn)
-    drawn, idle_b = sample(page)
+    _, idle_b = sample(page)
+    idle_change = change(idle_a, idle_b)
     page.keyboard.down("w")
     page.wait_for_timeout(1500)
-    wait_new_frames(page, drawn)
-    _, moved = sample(page)
+    # A loaded machine may need longer than 1.5 s to show the first moved chunk: keep holding.
+    moved = wait_for_picture(page, lambda now: change(idle_b, now) > 2.0 * idle_change + 3.0)
     page.keyboard.up("w")
-    idle_change, move_change = change(idle_a, idle_b), change(idle_b, moved)
-    assert move_change > 3.0
-    assert move_change > 2.0 * idle_change + 1.0, (idle_change, move_change)
+    move_change = change(idle_b, moved)
+    assert move_change > 2.0 * idle_change + 3.0, (idle_change, move_change)
     sent = page.evaluate("() => window.__worldDebug.sent")
     assert sent.get("control_down") == 1 and sent.get("control_up") == 1
 
@@ -234,3 +234,27 @@ def test_keyboard_user_can_tab_to_the_picture_and_steer(page, server):
     page.keyboard.up("w")
     sent = page.evaluate("() => window.__worldDebug.sent")
     assert sent.get("control_down") == 1 and sent.get("control_up") == 1
+
+
+def test_reset_returns_to_the_start_view(page, server):
+    """After turning away, the Reset button brings the picture back to the start view."""
+    open_page(page, server)
+    start_world(page)
+    _, start_view = sample(page)  # the sim world is still until a key moves it
+    page.keyboard.down("l")
+    turned = wait_for_picture(page, lambda now: change(start_view, now) > 8.0)
+    page.keyboard.up("l")
+    turned_change = change(start_view, turned)
+    assert turned_change > 8.0
+    # Reset once the turn has played out, so no late "l" frame lands after it.
+    previous = turned
+    for _ in range(30):
+        page.wait_for_timeout(500)
+        _, now = sample(page)
+        if change(previous, now) < 0.5:
+            break
+        previous = now
+    page.click("#reset")
+    after_reset = wait_for_picture(page, lambda now: change(start_view, now) < 2.0)
+    assert change(start_view, after_reset) < 2.0, (turned_change, change(start_view, after_reset))
+    assert page.evaluate("() => window.__worldDebug.sent.reset") == 1
