@@ -9,6 +9,7 @@ import time
 import uuid
 
 from inference import protocol as P
+from server.admission import AdmissionQueue, Waiting, capacity_by_size, fits_capacity
 from server.engine_link import EngineSupervisor, EngineUnavailable
 from server.metrics import FrontMetrics
 from server.session import Session
@@ -25,6 +26,7 @@ class SessionHub:
         self.metrics = metrics
         self.upsampler = upsampler
         self.sessions: dict[str, Session] = {}
+        self.admission = AdmissionQueue(settings.max_queue)
         self.started_at = time.time()
         self.frames_total_base = 0
         self.sessions_started = 0
@@ -53,6 +55,36 @@ class SessionHub:
     def full(self) -> bool:
         return len(self.sessions) >= self.settings.max_sessions
 
+    def capacity(self) -> dict[str, float]:
+        """Sessions per size the engine measured it can hold at 16 fps (empty when not measured or off)."""
+        beat = self.engine.heartbeat
+        if self.settings.admission_capacity != "measured" or beat is None:
+            return {}
+        return capacity_by_size(beat.batching)
+
+    def has_room(self, size: str) -> bool:
+        """One more `size` session stays within MAX_SESSIONS and the measured capacity."""
+        open_sizes = [f"{s.params.width}*{s.params.height}" for s in self.sessions.values()]
+        return not self.full and fits_capacity(open_sizes, size, self.capacity())
+
+    def enqueue(self, entry: Waiting) -> int | None:
+        """Queue an init for capacity; its position, or None when the queue is full."""
+        position = self.admission.add(entry)
+        self.metrics.sessions_queued.set(len(self.admission))
+        return position
+
+    def dequeue(self, owner: object) -> None:
+        """Forget a waiting init (its client left or sent another init)."""
+        if self.admission.remove(owner):
+            self.metrics.sessions_queued.set(len(self.admission))
+
+    def admit_waiting(self) -> None:
+        """Start waiting inits, first come first served, while there is room for the head."""
+        while (head := self.admission.head()) is not None and self.has_room(head.size):
+            self.admission.pop_head()
+            head.start()
+        self.metrics.sessions_queued.set(len(self.admission))
+
     def add_session(self, session: Session) -> None:
         self.sessions[session.id] = session
         self.sessions_started += 1
@@ -72,6 +104,7 @@ class SessionHub:
         self.sessions.pop(session.id, None)
         self.metrics.sessions.set(len(self.sessions))
         await session.close()
+        self.admit_waiting()
 
     # -- engine events -----------------------------------------------------
 
@@ -155,6 +188,7 @@ class SessionHub:
                 if s.opened:
                     s.channel.send_json(s.stats())
             self.metrics.late_sessions.set(stalled)
+            self.admit_waiting()
             self.metrics.engine_ready.set(1 if self.engine.ready else 0)
 
     def status(self) -> dict:
@@ -168,12 +202,17 @@ class SessionHub:
                        "restarts": e.restarts, "chunk_frames": info.chunk_frames if info else None,
                        "chunk_ms": {"p50": beat.chunk_ms_p50, "p95": beat.chunk_ms_p95} if beat else None,
                        "queued_steps": beat.queued_steps if beat else None,
+                       "batching": [_struct(b) for b in beat.batching] if beat else [],
+                       "mixed_batches": beat.mixed_batches if beat else None,
                        "ranks": [_struct(r) for r in beat.ranks] if beat else []},
             "gpus": [_struct(g) for g in beat.gpus] if beat else [],
             "sessions": sessions,
             "totals": {"sessions": len(sessions), "sessions_started": self.sessions_started,
-                       "max_sessions": self.settings.max_sessions,
+                       "max_sessions": self.settings.max_sessions, "queued": len(self.admission),
                        "frames_sent": self.metrics.frames_total, "frames_dropped": self.metrics.drops_total},
+            "admission": {"mode": self.settings.admission, "max_queue": self.settings.max_queue,
+                          "capacity_check": self.settings.admission_capacity, "capacity": self.capacity(),
+                          "queue": self.admission.summary()},
             "upsampler": self.upsampler.status() if self.upsampler else {"state": "disabled"},
             "last_error": self.last_error,
         }

@@ -26,6 +26,10 @@ class FrontMetrics:
         self.engine_ready = Gauge("world_engine_ready", "1 when the engine can take sessions", registry=r)
         self.client_errors = Counter("world_client_errors", "Error replies sent to clients", ["code"], registry=r)
         self.late_sessions = Gauge("world_sessions_stalled", "Sessions currently stalled (no frame to show)", registry=r)
+        self.late_chunks = Counter("world_late_chunks", "Chunks that arrived after their playback deadline",
+                                   registry=r)
+        self.stalled_seconds = Counter("world_stalled_seconds", "Time sessions spent stalled", registry=r)
+        self.sessions_queued = Gauge("world_sessions_queued", "Inits waiting for capacity", registry=r)
 
     frames_total = 0  # plain totals for /status (prometheus counters are write-only by design)
     drops_total = 0

@@ -75,6 +75,10 @@ class Session:
         self.in_flight_seq: int | None = None
         self.frames_generated = 0  # frame number of the next frame the engine will produce
         self.in_flight_since: float | None = None
+        self.in_flight_deadline: float | None = None  # playback deadline of the chunk in flight (None: first chunk)
+        self.late_chunks = 0  # chunks that arrived after their playback deadline
+        self.stalled_total_s = 0.0  # time spent stalled, ended stalls
+        self.stalled_at: float | None = None  # start of the current stall
         self.last_request_at: float | None = None
         self.rtt_ema_s = 0.3
         self.last_chunk_ms: float | None = None
@@ -108,6 +112,8 @@ class Session:
 
     async def close(self) -> None:
         self.closed = True
+        if self.stalled_at is not None:
+            self._end_stall(time.time())
         self._wake.set()
         if self._task:
             self._task.cancel()
@@ -163,6 +169,9 @@ class Session:
         self.rtt_ema_s = 0.7 * self.rtt_ema_s + 0.3 * rtt
         self.in_flight_since = None
         self.last_chunk_ms = msg.timings.total_ms
+        if self.in_flight_deadline is not None and now > self.in_flight_deadline:
+            self.late_chunks += 1
+            self.metrics.late_chunks.inc()
         self.last_timings = msg.timings
         self.metrics.observe_chunk(msg.timings.total_ms / 1000.0)
         base = self.frames_generated - len(jpegs)
@@ -177,6 +186,8 @@ class Session:
         self.opened = False
         self.state = "stalled"
         self.in_flight_since = None
+        if self.stalled_at is None:
+            self.stalled_at = time.time()
 
     # -- requests and pacing -----------------------------------------------
 
@@ -208,6 +219,7 @@ class Session:
             log.info("session %s: chunk request not sent: %s", self.id, exc)
             return
         self.in_flight_since = now
+        self.in_flight_deadline = deadline if self.chunk_index > 0 else None
         self.in_flight_seq = self.chunk_seq
         self.last_request_at = now
         self.chunk_seq += 1
@@ -233,6 +245,7 @@ class Session:
                     empty_since = now
                 if self.state == "generating" and now - empty_since > STALL_AFTER_S:
                     self.state = "stalled"
+                    self.stalled_at = empty_since
                     self.channel.send_json({"type": "status", "state": "stalled", "session_id": self.id})
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -250,6 +263,8 @@ class Session:
 
     def _emit(self, frame_no: int, jpeg: bytes, now: float) -> None:
         if self.state != "generating":
+            if self.stalled_at is not None:
+                self._end_stall(now)
             self.state = "generating"
             self.channel.send_json({"type": "status", "state": "generating", "session_id": self.id})
         dropped = self.channel.send_frame(jpeg)
@@ -264,7 +279,18 @@ class Session:
             self.latencies_ms.append(ms)
             self.metrics.observe_control_latency(ms / 1000.0)
 
+    def _end_stall(self, now: float) -> None:
+        seconds = max(0.0, now - self.stalled_at)
+        self.stalled_total_s += seconds
+        self.metrics.stalled_seconds.inc(seconds)
+        self.stalled_at = None
+
     # -- reporting ---------------------------------------------------------
+
+    def stalled_s(self) -> float:
+        """Seconds this session had no frame to show after it started playing (ongoing stall included)."""
+        ongoing = time.time() - self.stalled_at if self.stalled_at is not None else 0.0
+        return round(self.stalled_total_s + ongoing, 2)
 
     def fps(self) -> float:
         times = [t for t in self.frame_times if t > time.time() - 2.0]
@@ -285,7 +311,8 @@ class Session:
                 "control_latency_ms": self.latency_ms()["p50"], "control_latency": self.latency_ms(),
                 "queue": self.channel.queued, "buffered": len(self.buffer),
                 "target_fps": round(1.0 / self.interval_s, 2), "engine_keeping_up": self.interval_s <= FRAME_S * 1.01,
-                "state": self.state, **self._frame_costs()}
+                "state": self.state, "late_chunks": self.late_chunks, "stalled_s": self.stalled_s(),
+                **self._frame_costs()}
 
     def _frame_costs(self) -> dict:
         """Engine milliseconds per frame of the last chunk, split by stage."""
@@ -300,4 +327,5 @@ class Session:
         s = self.stats()
         return {"id": self.id, "state": self.state, "fps": s["fps"], "frames": s["frames"], "drops": s["dropped"],
                 "control_latency_ms": s["control_latency"], "chunk_ms": s["chunk_ms"], "prompt": self.params.prompt,
-                "size": f"{self.params.width}*{self.params.height}", "age_s": round(time.time() - self.created_at, 1)}
+                "size": f"{self.params.width}*{self.params.height}", "age_s": round(time.time() - self.created_at, 1),
+                "late_chunks": s["late_chunks"], "stalled_s": s["stalled_s"], "batch": s.get("batch")}

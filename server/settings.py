@@ -52,7 +52,10 @@ class Settings:
     chunk_frames: int = 4  # video frames per chunk for the sim engine
     num_gpus: int = 0  # >1 launches the engine under torchrun
     engine_args: list[str] = field(default_factory=list)  # extra engine CLI args (ENGINE_ARGS)
-    max_sessions: int = 8  # concurrent sessions; the next init gets `busy`
+    max_sessions: int = 8  # concurrent sessions; the next init waits in the queue or gets `busy`
+    admission: str = "queue"  # queue | reject: what an init beyond capacity gets
+    max_queue: int = 16  # inits waiting for capacity; the next one gets `busy`
+    admission_capacity: str = "off"  # measured | off: also cap sessions by the engine's measured 16 fps capacity
     allowed_origins: list[str] | None = None  # None = any origin (ALLOWED_ORIGINS unset or "*")
     auth_token: str = ""  # shared token; empty = no auth
     max_message_bytes: int = 16 * 1024 * 1024  # larger WS messages close with 1009
@@ -77,6 +80,14 @@ class Settings:
         model_dir = env.get("MODEL_DIR", "").strip()
         if engine == "lingbot-fast" and not model_dir:
             raise SettingsError("ENGINE=lingbot-fast needs MODEL_DIR (the downloaded checkpoint folder)")
+        admission = env.get("ADMISSION", "queue").strip().lower() or "queue"
+        if admission not in ("queue", "reject"):
+            raise SettingsError(f"ADMISSION={admission!r}: expected 'queue' or 'reject'")
+        # The sim engine's speed is the host CPU's: by default only lingbot-fast is capped by measurement.
+        capacity = env.get("ADMISSION_CAPACITY", "").strip().lower() or (
+            "measured" if engine == "lingbot-fast" else "off")
+        if capacity not in ("measured", "off"):
+            raise SettingsError(f"ADMISSION_CAPACITY={capacity!r}: expected 'measured' or 'off'")
         level = env.get("LOG_LEVEL", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL={level!r}: expected DEBUG, INFO, WARNING or ERROR")
@@ -92,6 +103,9 @@ class Settings:
             num_gpus=_int(env, "NUM_GPUS", 0, 0, 64),
             engine_args=env.get("ENGINE_ARGS", "").split(),
             max_sessions=_int(env, "MAX_SESSIONS", 8, 1, 10_000),
+            admission=admission,
+            max_queue=_int(env, "MAX_QUEUE", 16, 0, 10_000),
+            admission_capacity=capacity,
             allowed_origins=origins,
             auth_token=env.get("AUTH_TOKEN", ""),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 16 * 1024 * 1024, 4096, 1 << 30),

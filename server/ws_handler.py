@@ -11,6 +11,7 @@ import time
 
 from websockets.exceptions import ConnectionClosed
 
+from server.admission import Waiting
 from server.channel import ClientChannel
 from server.hub import SessionHub
 from server.messages import ClientError, Control, Init, Ping, PromptChange, Reset, parse_message
@@ -64,6 +65,7 @@ class Connection:
         self.channel = ClientChannel(ws, hub.settings.send_queue_frames)
         self.limiter = RateLimiter(hub.settings.control_rate, hub.settings.control_burst)
         self.session: Session | None = None
+        self.waiting = False  # an init of this connection waits in the admission queue
         self.authorised = not hub.settings.auth_token
 
     def error(self, code: str, message: str) -> None:
@@ -79,6 +81,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
+            self.hub.dequeue(self)
             if self.session is not None:
                 await self.hub.close_session(self.session)
             await self.channel.close()
@@ -105,6 +108,8 @@ class Connection:
                 self.channel.send_json({"type": "pong", "t": msg.t})
                 return True
             session = self.session
+            if session is None and self.waiting:
+                return True  # queued: input before the world exists is dropped
             if session is None or session.closed:
                 raise ClientError("not_initialized", "send an init message first")
             if isinstance(msg, Control):
@@ -127,14 +132,11 @@ class Connection:
             await asyncio.sleep(0.05)  # let the error go out before the close frame
             await self.ws.close(1008, "unauthorized")
             return False
+        self.hub.dequeue(self)  # a second init while queued goes to the back with its new fields
+        self.waiting = False
         if self.session is not None:  # a second init restarts the world
             await self.hub.close_session(self.session)
             self.session = None
-        if self.hub.full:
-            self.error("busy", f"the server is at its limit of {self.settings.max_sessions} sessions; try again later")
-            await asyncio.sleep(0.05)
-            await self.ws.close(1013, "server busy")
-            return False
         info = self.hub.engine.info
         sizes = info.sizes if info else None
         size = msg.size or (info.default_size if info else "832*480")
@@ -144,15 +146,46 @@ class Connection:
             width, height = (int(v) for v in size.split("*"))
         except ValueError:
             raise ClientError("bad_field", f"field 'size' {size[:20]!r} must look like 832*480") from None
+        room = self.hub.has_room(size) and not len(self.hub.admission)
+        if not room and (self.settings.admission == "reject" or self.hub.admission.full):
+            return await self._busy()
         prompt = await self._final_prompt(msg)
         params = SessionParams(prompt=prompt, seed=msg.seed if msg.seed is not None else secrets.randbelow(2**31),
                                width=width, height=height, image=msg.image, engine=self.settings.engine)
+        if self.hub.has_room(size) and not len(self.hub.admission):
+            self._start(params)
+            return True
+        entry = Waiting(owner=self, size=size, start=lambda: self._start(params), notify=self._queued)
+        if self.hub.enqueue(entry) is None:
+            return await self._busy()
+        self.waiting = True
+        return True
+
+    async def _busy(self) -> bool:
+        """Refuse an init (no room, and no queueing or a full queue) and close with 1013."""
+        if self.hub.full:
+            why = f"the server is at its limit of {self.settings.max_sessions} sessions"
+        else:
+            why = "the engine is at its measured capacity for 16 fps"
+        if self.settings.admission == "queue":
+            why += f" and {len(self.hub.admission)} of {self.settings.max_queue} queue places are taken"
+        self.error("busy", f"{why}; try again later")
+        await asyncio.sleep(0.05)  # let the error go out before the close frame
+        await self.ws.close(1013, "server busy")
+        return False
+
+    def _queued(self, position: int) -> None:
+        self.channel.send_json({"type": "status", "state": "queued", "position": position})
+
+    def _start(self, params: SessionParams) -> None:
+        """Create the session (now, or when the admission queue lets this connection in)."""
+        self.waiting = False
+        info = self.hub.engine.info
         first, rest = (info.first_chunk_frames, info.chunk_frames) if info else (self.settings.chunk_frames,) * 2
         self.session = Session(params, self.channel, send_engine=self.hub.engine.send, metrics=self.hub.metrics,
                                first_chunk_frames=first, chunk_frames=rest)
         self.session.on_opened_reply = self._session_reply
         self.hub.add_session(self.session)
-        return True
 
     async def _final_prompt(self, msg: Init) -> str:
         if not msg.upsample:

@@ -167,8 +167,8 @@ def test_auth_token_on_init(server_factory):
 
 
 def test_session_cap_answers_busy(server_factory):
-    """Past MAX_SESSIONS the next init gets busy and a 1013 close; the first session keeps streaming."""
-    srv = server_factory(MAX_SESSIONS="1")
+    """Past MAX_SESSIONS with ADMISSION=reject the next init gets busy and a 1013 close; the first keeps streaming."""
+    srv = server_factory(MAX_SESSIONS="1", ADMISSION="reject")
     ws1, _ = start_session(srv)
     with ws1, connect(srv.ws_url) as ws2:
         ws2.send(json.dumps({"type": "init", "prompt": "x"}))

@@ -1,0 +1,103 @@
+"""Admission control: does a new session fit (MAX_SESSIONS, measured capacity), and a bounded FIFO of waiting inits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from inference import protocol as P
+
+
+@dataclass(kw_only=True)
+class Waiting:
+    """An init waiting for capacity: started by `start()`, told its place by `notify(position)`."""
+
+    owner: object  # the connection that sent the init (one entry per connection)
+    size: str  # "W*H"
+    start: Callable[[], None]
+    notify: Callable[[int], None]
+    position: int = 0  # 1 = next to start
+    queued_at: float = field(default_factory=time.time)
+
+
+def capacity_by_size(loads: list[P.SignatureLoad]) -> dict[str, float]:
+    """Sessions each size could hold alone at the target fps (the smallest when sizes share signatures)."""
+    capacity: dict[str, float] = {}
+    for load in loads:
+        if load.capacity:
+            capacity[load.size] = min(load.capacity, capacity.get(load.size, load.capacity))
+    return capacity
+
+
+def engine_load(open_sizes: list[str], capacity: dict[str, float]) -> float:
+    """Fraction of the engine's time the open sessions need (sizes not measured yet count 0)."""
+    return sum(1.0 / capacity[size] for size in open_sizes if capacity.get(size))
+
+
+def fits_capacity(open_sizes: list[str], size: str, capacity: dict[str, float]) -> bool:
+    """True when one more `size` session keeps every session at the target fps (the first always fits).
+
+    A size not measured yet fits while the engine has any time left.
+    """
+    if not open_sizes:
+        return True
+    load = engine_load(open_sizes, capacity)
+    if not capacity.get(size):
+        return load < 1.0 - 1e-9
+    return load + 1.0 / capacity[size] <= 1.0 + 1e-9
+
+
+class AdmissionQueue:
+    """FIFO of waiting inits, at most `bound` long; `add` refuses (returns None) when full."""
+
+    def __init__(self, bound: int):
+        if bound < 0:
+            raise ValueError(f"queue bound {bound}: expected 0 or more")
+        self.bound = bound
+        self.waiting: list[Waiting] = []
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def full(self) -> bool:
+        return len(self.waiting) >= self.bound
+
+    def add(self, entry: Waiting) -> int | None:
+        """Append an entry (replacing the owner's earlier one); its 1-based position, None when full."""
+        self.remove(entry.owner)
+        if self.full:
+            return None
+        self.waiting.append(entry)
+        entry.position = len(self.waiting)
+        entry.notify(entry.position)
+        return entry.position
+
+    def remove(self, owner: object) -> bool:
+        """Drop the owner's entry (a disconnect); later entries move up and are told."""
+        for i, entry in enumerate(self.waiting):
+            if entry.owner is owner:
+                del self.waiting[i]
+                self._renumber()
+                return True
+        return False
+
+    def head(self) -> Waiting | None:
+        return self.waiting[0] if self.waiting else None
+
+    def pop_head(self) -> Waiting:
+        entry = self.waiting.pop(0)
+        self._renumber()
+        return entry
+
+    def _renumber(self) -> None:
+        for i, entry in enumerate(self.waiting, start=1):
+            if entry.position != i:
+                entry.position = i
+                entry.notify(i)
+
+    def summary(self) -> list[dict]:
+        now = time.time()
+        return [{"position": e.position, "size": e.size, "waited_s": round(now - e.queued_at, 1)}
+                for e in self.waiting]
