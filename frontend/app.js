@@ -11,8 +11,9 @@ import * as ui from "./ui.js";
 const $ = (id) => document.getElementById(id);
 const DEFAULT_CONFIG = { ws_port: 8765, ws_path: "/", fps: 16, engine: "?", sizes: ["832*480"],
   default_size: "832*480", auth_required: false, upsampler: false };
-// Errors that end a pending init: retrying the same init after a reconnect would fail again.
+// A close this soon after a server error is explained by that error.
 const CLOSE_FOLLOWS_ERROR_MS = 3000;
+// Errors that end a pending init: retrying the same init after a reconnect would fail again.
 const INIT_FATAL = new Set(["bad_field", "bad_json", "too_large", "unauthorized", "busy", "unknown_type"]);
 
 const view = $("view");
