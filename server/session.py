@@ -68,6 +68,7 @@ class Session:
         self.rig = CameraRig()
         self.state = "starting"
         self.created_at = time.time()
+        self.stream_started_at = self.created_at
         self.opened = False
         self.closed = False
         self.chunk_seq = 0  # id of the next chunk request (monotonic for the session's life)
@@ -128,6 +129,7 @@ class Session:
         self.chunk_index = 0
         self.in_flight_since = None
         self.last_request_at = None
+        self.stream_started_at = time.time()  # keys before this moment never reach the new stream
         self.buffer.clear()
         self.pending_edges.clear()
         self.edge_targets.clear()
@@ -201,7 +203,9 @@ class Session:
         if self.chunk_index > 0 and remaining_s > self.rtt_ema_s + FRAME_S:
             return
         n = self._frames_for(self.chunk_index)
-        t0 = self.last_request_at if self.last_request_at is not None else now - n * FRAME_S
+        t0 = self.last_request_at
+        if t0 is None:
+            t0 = max(self.stream_started_at, now - n * FRAME_S)
         now = max(now, t0 + 1e-6)
         keys = self.timeline.sample(t0, now, n)  # (n, 8)
         if self.chunk_index == 0:
