@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="ceiling of the learned same-signature batch limit (1 = one session per step)")
     ap.add_argument("--collective-timeout-s", type=float, default=30.0,
                     help="torchrun group: seconds before a silent rank fails the group")
-    # torch-free flags (the sim engine never imports torch); same meaning as ParallelOptions.add_arguments
+    # the parallel layout (ParallelOptions); plain flags so the sim engine never imports torch
     ap.add_argument("--ulysses-size", type=int, default=None, help="torchrun group: ranks splitting each chunk")
     ap.add_argument("--dit-fsdp", action="store_true", help="torchrun group: shard DiT block weights (FSDP2)")
     ap.add_argument("--t5-fsdp", action="store_true", help="torchrun group: shard T5 block weights (FSDP2)")

@@ -135,7 +135,8 @@ def follow(engine: WorldEngine, ctx: ParallelContext) -> None:
             ctx.all_gather_object(rank_status(ctx))
             continue
         if call.method not in REPLAYED:
-            raise ValueError(f"rank {ctx.rank}: unknown engine call {call.method!r}; expected one of {sorted(REPLAYED)}")
+            raise ValueError(f"rank {ctx.rank}: unknown engine call {call.method!r}; "
+                             f"expected one of {sorted(REPLAYED)}")
         try:
             getattr(engine, call.method)(*call.args)
         except (EngineUserError, ValueError) as exc:  # rank 0 hits the same refusal and reports it

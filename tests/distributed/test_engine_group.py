@@ -16,7 +16,8 @@ from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint
 from tests.server.conftest import receive, server_factory, start_session  # noqa: F401 (fixture)
 
 # generous heartbeat limit: two ranks import torch and rendezvous on a shared 2-core machine
-GROUP_ENV = dict(ENGINE="lingbot-fast", ENGINE_STEP_TIMEOUT_S="120", RESTART_BACKOFF_MAX_S="1", HEARTBEAT_TIMEOUT_S="30")
+GROUP_ENV = dict(ENGINE="lingbot-fast", ENGINE_STEP_TIMEOUT_S="120", RESTART_BACKOFF_MAX_S="1",
+                 HEARTBEAT_TIMEOUT_S="30")
 FRAMES = 9  # the first chunk and the next one
 
 

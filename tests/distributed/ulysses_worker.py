@@ -45,8 +45,7 @@ def indivisible_heads_message(ctx: ParallelContext) -> str:
 
 def chunk(seed: int, batch: int):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 16, CHUNK, LAT_H, LAT_W, generator=g), torch.randn(batch, 20, CHUNK, LAT_H, LAT_W, generator=g),
-            torch.randn(batch, 384, CHUNK, LAT_H, LAT_W, generator=g))
+    return tuple(torch.randn(batch, channels, CHUNK, LAT_H, LAT_W, generator=g) for channels in (16, 20, 384))
 
 
 @torch.no_grad()
