@@ -78,10 +78,18 @@ class ParallelContext:
         return cls(rank=rank, world_size=world_size, local_rank=local_rank, device=device, ulysses_size=ulysses,
                    ulysses_group=ulysses_group, control_group=control, timeout_s=timeout_s)
 
-    def barrier(self) -> None:
-        """Wait for every rank (over the control group; raises after timeout_s if one does not come)."""
-        if self.distributed:
+    def barrier(self, timeout_s: float | None = None) -> None:
+        """Wait for every rank over the control group; raises after timeout_s (default: the collective timeout).
+
+        A longer timeout_s suits uneven phases such as loading a checkpoint,
+        so that the model's first collective starts with every rank present.
+        """
+        if not self.distributed:
+            return
+        if timeout_s is None:
             dist.barrier(group=self.control_group)
+        else:
+            dist.monitored_barrier(group=self.control_group, timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
 
     def broadcast_object(self, obj: object = None) -> object:
         """Rank 0's `obj` on every rank (others pass None): pickled bytes over the gloo control group."""

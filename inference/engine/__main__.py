@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="ceiling of the learned same-signature batch limit (1 = one session per step)")
     ap.add_argument("--collective-timeout-s", type=float, default=30.0,
                     help="torchrun group: seconds before a silent rank fails the group")
+    ap.add_argument("--load-timeout-s", type=float, default=1800.0,
+                    help="torchrun group: how long ranks wait for each other to finish loading the model")
     # the parallel layout (ParallelOptions); plain flags so the sim engine never imports torch
     ap.add_argument("--ulysses-size", type=int, default=None, help="torchrun group: ranks splitting each chunk")
     ap.add_argument("--dit-fsdp", action="store_true", help="torchrun group: shard DiT block weights (FSDP2)")
@@ -69,6 +71,7 @@ def follower_main(args: argparse.Namespace, ctx) -> int:
 
     try:
         engine = build_engine(args, ctx)
+        ctx.barrier(args.load_timeout_s)  # loading speeds differ; the first model collective has a short timeout
         engine.warm_up()
         follow(engine, ctx)
         engine.close()
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             ctx = join_group(args)
         link.send(P.EngineProgress(stage="loading", detail=f"building engine {args.engine}"))
         engine = build_engine(args, ctx)
+        if ctx is not None:
+            link.send(P.EngineProgress(stage="loading", detail="waiting for every rank to load"))
+            ctx.barrier(args.load_timeout_s)
         link.send(P.EngineProgress(stage="warming", detail="warm-up"))
         engine.warm_up()
         loop_type = EngineLoop
