@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,30 +13,26 @@ class SettingsError(ValueError):
     """An environment variable holds a value the server cannot use."""
 
 
-def _int(env: dict, name: str, default: int, lo: int, hi: int) -> int:
+def _number(env: dict, name: str, default, lo, hi, kind=int):
+    """Read a number of `kind` from the environment, checking it lies in lo..hi."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value} is outside {lo}..{hi}")
     return value
+
+
+def _int(env: dict, name: str, default: int, lo: int, hi: int) -> int:
+    return _number(env, name, default, lo, hi, int)
 
 
 def _float(env: dict, name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value} is outside {lo}..{hi}")
-    return value
+    return _number(env, name, default, lo, hi, float)
 
 
 @dataclass(kw_only=True)
@@ -52,6 +49,7 @@ class Settings:
     chunk_frames: int = 4  # video frames per chunk for the sim engine
     num_gpus: int = 0  # >1 launches the engine under torchrun
     engine_args: list[str] = field(default_factory=list)  # extra engine CLI args (ENGINE_ARGS)
+    torchrun_args: list[str] = field(default_factory=lambda: ["--standalone"])  # rendezvous (TORCHRUN_ARGS)
     max_sessions: int = 8  # concurrent sessions; the next init waits in the queue or gets `busy`
     admission: str = "queue"  # queue | reject: what an init beyond capacity gets
     max_queue: int = 16  # inits waiting for capacity; the next one gets `busy`
@@ -101,7 +99,8 @@ class Settings:
             model_dir=model_dir,
             chunk_frames=_int(env, "CHUNK_FRAMES", 4, 1, 64),
             num_gpus=_int(env, "NUM_GPUS", 0, 0, 64),
-            engine_args=env.get("ENGINE_ARGS", "").split(),
+            engine_args=shlex.split(env.get("ENGINE_ARGS", "")),
+            torchrun_args=shlex.split(env.get("TORCHRUN_ARGS", "--standalone")),
             max_sessions=_int(env, "MAX_SESSIONS", 8, 1, 10_000),
             admission=admission,
             max_queue=_int(env, "MAX_QUEUE", 16, 0, 10_000),
@@ -128,6 +127,6 @@ class Settings:
             args += ["--model-dir", self.model_dir]
         args += self.engine_args
         if self.num_gpus > 1:
-            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            return [sys.executable, "-m", "torch.distributed.run", *self.torchrun_args,
                     f"--nproc_per_node={self.num_gpus}", *args]
         return [sys.executable, *args]
