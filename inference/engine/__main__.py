@@ -29,6 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chunk-frames", type=int, default=4, help="sim: video frames per chunk")
     ap.add_argument("--model-dir", default="", help="lingbot-fast: checkpoint folder")
     ap.add_argument("--jpeg-quality", type=int, default=85)
+    ap.add_argument("--kv-window", type=int, default=None,
+                    help="lingbot-fast: latent frames the KV cache keeps (default: the checkpoint's, else 12)")
+    ap.add_argument("--kv-sink", type=int, default=None, help="lingbot-fast: first latent frames never evicted")
+    ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                    help="lingbot-fast: weights/activations dtype (default: bfloat16 on GPU, float32 on CPU)")
     ap.add_argument("--max-batch", type=int, default=8,
                     help="ceiling of the learned same-signature batch limit (1 = one session per step)")
     ap.add_argument("--collective-timeout-s", type=float, default=30.0,
@@ -45,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_engine(args: argparse.Namespace, ctx):
     """The engine of this rank; in a group the lingbot models get the parallel layout of the flags."""
     options: dict = {}
+    if args.engine == "lingbot-fast":
+        options = {"window": args.kv_window, "sink": args.kv_sink, "dtype": args.dtype}
     if ctx is not None and ctx.distributed and args.engine == "lingbot-fast":
         from inference.distributed.options import ParallelOptions
 
@@ -54,7 +61,7 @@ def build_engine(args: argparse.Namespace, ctx):
             layout.apply_dit(models.dit, ctx)
             layout.apply_t5(models.text.model, ctx)
 
-        options = {"device": ctx.device, "prepare": prepare}
+        options.update(device=ctx.device, prepare=prepare)
     return make_engine(args.engine, chunk_frames=args.chunk_frames, model_dir=args.model_dir, options=options)
 
 

@@ -118,8 +118,10 @@ def auth_server(tmp_path):
     yield from _start_server(tmp_path, {"AUTH_TOKEN": AUTH_TOKEN_FOR_TESTS})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Headless Chromium, one per module: Playwright's sync API holds an event loop while it runs,
+    so it is closed before other test areas (which use asyncio.run) start."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing; the browser tests drive Debian's Chromium")
     from playwright.sync_api import sync_playwright

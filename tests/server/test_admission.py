@@ -6,7 +6,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.server.conftest import open_ws, receive, start_session
+from tests.server.serverkit import open_ws, receive, start_session
 
 
 def send_init(srv, **fields):

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from conftest import receive, start_session
+from tests.server.serverkit import receive, start_session
 
 
 def test_killed_engine_is_reported_and_replaced(server_factory):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint
-from tests.server.conftest import http_get, receive, start_session
+from tests.server.serverkit import http_get, receive, start_session
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import REPO, http_get
+from tests.server.serverkit import REPO, http_get
 
 
 def _alive(pid: int) -> bool:
@@ -56,7 +56,7 @@ def test_graceful_close_code_on_stop(tmp_path):
     """SIGTERM closes client connections with 1001 (going away)."""
     from websockets.exceptions import ConnectionClosed
 
-    from conftest import ServerProcess, open_ws
+    from tests.server.serverkit import ServerProcess, open_ws
 
     srv = ServerProcess(tmp_path, {}).start()
     ws = open_ws(srv.ws_url)

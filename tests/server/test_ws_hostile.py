@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import Received, receive, start_session
+from tests.server.serverkit import Received, receive, start_session
 
 TINY_PNG_HEADER_ONLY = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64).decode()
 

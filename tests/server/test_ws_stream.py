@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import open_ws, receive, start_session
+from tests.server.serverkit import open_ws, receive, start_session
 from inference.engine.base import ChunkWork, SessionSpec
 from inference.sim import SimEngine
 
