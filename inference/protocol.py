@@ -29,7 +29,7 @@ class StepChunk(msgspec.Struct, tag=True, kw_only=True):
     """Generate the next chunk of a session from per-frame controls."""
 
     session_id: str
-    chunk_index: int
+    chunk_index: int  # request id, increasing over the session's life (a reset does not restart it)
     # (F, 4, 4) float64 camera-to-world poses, C-order bytes; OpenCV axes.
     poses: bytes
     # (F, 8) float32 fraction of each frame a key was held; columns w,a,s,d,i,j,k,l.

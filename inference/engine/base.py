@@ -23,9 +23,10 @@ LINGBOT_SIZES = (
 class EngineUserError(ValueError):
     """A request the engine refuses because of what the user sent (bad image, size...)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, session_id: str | None = None):
         super().__init__(message)
         self.code = code
+        self.session_id = session_id  # set when one session of a batch is at fault
 
 
 @dataclass(kw_only=True)

@@ -164,9 +164,14 @@ class EngineLoop:
         try:
             outputs = self.engine.generate(works)
         except EngineUserError as exc:  # e.g. a session ran out of positions: that session ends
-            for w in works:
-                self.link.send(P.EngineError(code=exc.code, message=str(exc), session_id=w.session_id))
             self.link.busy_since = None
+            culprit = exc.session_id
+            for w in works:
+                if culprit is None or w.session_id == culprit:
+                    self.link.send(P.EngineError(code=exc.code, message=str(exc), session_id=w.session_id))
+            rest = [s for s in batch if culprit is not None and s.request.session_id != culprit]
+            if rest:  # the others were refused only because they shared the batch: run them now
+                self._generate(rest)
             return
         finally:
             self.link.busy_since = None

@@ -219,9 +219,11 @@ class LingbotFastEngine(WorldEngine):
         if session.latent_frames + CHUNK_LATENTS > ROPE_POSITIONS:
             raise EngineUserError(
                 "engine_failed", f"session {work.session_id!r} reached its maximum length of {ROPE_POSITIONS} "
-                f"latent frames (about {4 * ROPE_POSITIONS // 16 // 60} min of video); reset it to continue")
+                f"latent frames (about {4 * ROPE_POSITIONS // 16 // 60} min of video); reset it to continue",
+                session_id=work.session_id)
         frames = session.expected_frames()
         if np.shape(work.poses) != (frames, 4, 4) or np.shape(work.keys) != (frames, 8):
             raise EngineUserError(
                 "bad_field", f"session {work.session_id!r} chunk {work.chunk_index}: got poses "
-                f"{np.shape(work.poses)} and keys {np.shape(work.keys)}, expected ({frames}, 4, 4) and ({frames}, 8)")
+                f"{np.shape(work.poses)} and keys {np.shape(work.keys)}, expected ({frames}, 4, 4) and ({frames}, 8)",
+                session_id=work.session_id)
