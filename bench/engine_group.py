@@ -6,8 +6,10 @@
 Without --model-dir a tiny random checkpoint is written to a temporary
 folder. Rank 0 runs the chunks through the engine group exactly as the
 engine process does (every call broadcast, other ranks replay it); each rank
-reports its peak RSS (getrusage maxrss). One run's numbers; a shared CPU is
-noisy.
+reports the wall time of its `generate` calls and its peak RSS (getrusage
+maxrss). Only rank 0 decodes frames, as in the engine process;
+--followers-decode makes every rank decode (the behaviour before followers
+skipped it), for comparison. One run's numbers; a shared CPU is noisy.
 """
 
 from __future__ import annotations
@@ -31,12 +33,36 @@ from inference.lingbot.engine import LingbotFastEngine  # noqa: E402
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
 
-def build(model_dir: Path, ctx: ParallelContext, layout: ParallelOptions) -> LingbotFastEngine:
+def build(model_dir: Path, ctx: ParallelContext, layout: ParallelOptions, decode: bool) -> LingbotFastEngine:
     def prepare(models) -> None:
         layout.apply_dit(models.dit, ctx)
         layout.apply_t5(models.text.model, ctx)
 
-    return LingbotFastEngine.from_model_dir(model_dir, device=ctx.device, prepare=prepare if ctx.distributed else None)
+    return LingbotFastEngine.from_model_dir(model_dir, device=ctx.device, prepare=prepare if ctx.distributed else None,
+                                            decode=decode)
+
+
+class TimedFollower:
+    """A follower's engine whose `generate` calls are timed (wall ms); every other call passes through."""
+
+    def __init__(self, engine: LingbotFastEngine):
+        self.engine = engine
+        self.times: list[float] = []
+
+    def generate(self, works):
+        start = time.perf_counter()
+        out = self.engine.generate(works)
+        self.times.append((time.perf_counter() - start) * 1000)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def summary(times: list[float]) -> str:
+    steady = times[1:] or times
+    return (f"first chunk {times[0]:.1f} ms; later chunks median {statistics.median(steady):.1f} ms "
+            f"(min {min(steady):.1f}, max {max(steady):.1f})")
 
 
 def chunk_times(engine, chunks: int, width: int, height: int) -> list[float]:
@@ -60,6 +86,8 @@ def main() -> int:
     ap.add_argument("--size", default="48*32")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--no-fsdp", action="store_true", help="Ulysses only")
+    ap.add_argument("--followers-decode", action="store_true",
+                    help="every rank runs the VAE decode (the old behaviour), not rank 0 alone")
     args = ap.parse_args()
     ctx = ParallelContext.from_env(timeout_s=120)
     layout = ParallelOptions(ulysses_size=ctx.world_size, dit_fsdp=not args.no_fsdp, t5_fsdp=not args.no_fsdp)
@@ -67,7 +95,7 @@ def main() -> int:
         model_dir = Path(args.model_dir) if args.model_dir else Path(tmp) / f"tiny-rank{ctx.rank}"
         if not args.model_dir:
             make_tiny_checkpoint(model_dir, seed=2, sizes=(args.size,))
-        engine = build(model_dir, ctx, layout)
+        engine = build(model_dir, ctx, layout, decode=ctx.is_leader or args.followers_decode)
         engine.warm_up()
         if ctx.is_leader:
             leader = LeaderEngine(engine, ctx) if ctx.distributed else engine
@@ -77,17 +105,18 @@ def main() -> int:
                 leader.tick()  # gathers every rank's peak RSS
                 statuses = leader.statuses
                 leader.close()
+                rank_times = ctx.all_gather_object(times)
             else:
-                statuses = [rank_status(ctx)]
-            steady = times[1:] or times
+                statuses, rank_times = [rank_status(ctx)], [times]
             kind = "single" if not ctx.distributed else "Ulysses" if args.no_fsdp else "Ulysses+FSDP2"
-            print(f"ranks {ctx.world_size} ({kind}), size {args.size}, {args.chunks} chunks")
-            print(f"first chunk {times[0]:.1f} ms; later chunks median {statistics.median(steady):.1f} ms "
-                  f"(min {min(steady):.1f}, max {max(steady):.1f})")
-            for s in statuses:
-                print(f"rank {s.rank}: peak RSS {s.peak_rss_mb:.0f} MB")
+            decoding = "every rank decodes" if args.followers_decode or not ctx.distributed else "rank 0 decodes"
+            print(f"ranks {ctx.world_size} ({kind}, {decoding}), size {args.size}, {args.chunks} chunks")
+            for s, t in zip(statuses, rank_times):
+                print(f"rank {s.rank}: {summary(t)}; peak RSS {s.peak_rss_mb:.0f} MB")
         else:
-            follow(engine, ctx)
+            timed = TimedFollower(engine)
+            follow(timed, ctx)
+            ctx.all_gather_object(timed.times)
     ctx.shutdown()
     return 0
 

@@ -48,7 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_engine(args: argparse.Namespace, ctx):
-    """The engine of this rank; in a group the lingbot models get the parallel layout of the flags."""
+    """The engine of this rank; in a group the lingbot models get the parallel layout of the flags.
+
+    Only rank 0 of a group decodes frames: the followers' lingbot engines
+    skip the VAE decode (their frames would be thrown away).
+    """
     options: dict = {}
     if args.engine == "lingbot-fast":
         options = {"window": args.kv_window, "sink": args.kv_sink, "dtype": args.dtype}
@@ -61,7 +65,7 @@ def build_engine(args: argparse.Namespace, ctx):
             layout.apply_dit(models.dit, ctx)
             layout.apply_t5(models.text.model, ctx)
 
-        options.update(device=ctx.device, prepare=prepare)
+        options.update(device=ctx.device, prepare=prepare, decode=ctx.is_leader)  # only rank 0 makes frames
     return make_engine(args.engine, chunk_frames=args.chunk_frames, model_dir=args.model_dir, options=options)
 
 

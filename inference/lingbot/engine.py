@@ -49,7 +49,7 @@ class LingbotFastEngine(WorldEngine):
     """LingBot-World-Fast behind the chunk interface; sessions of one signature share one batched DiT call."""
 
     def __init__(self, models: LingbotModels, *, model_name: str, window: int | None = None,
-                 sink: int | None = None):
+                 sink: int | None = None, decode: bool = True):
         config = models.dit.config
         if window is None:
             window = config.local_attn_size if config.local_attn_size != -1 else DEFAULT_WINDOW
@@ -63,7 +63,8 @@ class LingbotFastEngine(WorldEngine):
         self.window, self.sink = window, sink
         self.device = models.dit.patch_embedding.weight.device
         self.dtype = models.dit.patch_embedding.weight.dtype
-        self.pipeline = ChunkPipeline(models.dit)
+        self.decode = decode  # False on engine-group followers: no VAE decode, chunks come back without frames
+        self.pipeline = ChunkPipeline(models.dit, decode=decode)
         self.pools: dict[str, SlotPool] = {}
         self.sessions: dict[str, SessionStream] = {}
         self.signatures: dict[str, str] = {}
@@ -72,11 +73,13 @@ class LingbotFastEngine(WorldEngine):
     def from_model_dir(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
                        dtype: torch.dtype | str | None = None, window: int | None = None, sink: int | None = None,
                        sizes: list[str] | None = None, progress: bool | None = None,
-                       prepare: Callable[[LingbotModels], None] | None = None) -> "LingbotFastEngine":
+                       prepare: Callable[[LingbotModels], None] | None = None,
+                       decode: bool = True) -> "LingbotFastEngine":
         """Load the checkpoint folder (MODEL.md layout); `sizes` overrides the allowed W*H list.
 
         `prepare` sees the loaded models before any cache exists (the engine
-        group applies its parallel layout there).
+        group applies its parallel layout there). decode=False (the group's
+        followers) skips the VAE decode: chunks come back with no frames.
         """
         device, dtype = pick_device(device, dtype)
         models = load_models(model_dir, device=device, dtype=dtype, progress=progress)
@@ -86,7 +89,7 @@ class LingbotFastEngine(WorldEngine):
             policy = read_size_policy(Path(model_dir))
             models.sizes = SizePolicy(sizes=list(sizes), default_size=policy.default_size
                                       if policy.default_size in sizes else sizes[0])
-        return cls(models, model_name=Path(model_dir).resolve().name, window=window, sink=sink)
+        return cls(models, model_name=Path(model_dir).resolve().name, window=window, sink=sink, decode=decode)
 
     # -- interface ---------------------------------------------------------
 
@@ -131,7 +134,7 @@ class LingbotFastEngine(WorldEngine):
         self.sessions[spec.session_id] = SessionStream(
             session_id=spec.session_id, prompt=spec.prompt, seed=spec.seed, width=width, height=height, image=image,
             vae=self.models.vae, control_type=self.models.dit.config.control_type, chunk_latents=CHUNK_LATENTS,
-            slot=slot)
+            slot=slot, decode=self.decode)
         self.signatures[spec.session_id] = sig
         return sig
 
@@ -174,7 +177,10 @@ class LingbotFastEngine(WorldEngine):
             del self.pools[sig]  # frees the cache memory of an unused size
 
     def render_test_frame(self, prompt: str, seed: int, width: int, height: int) -> np.ndarray:
-        """The last frame of a throwaway session's first chunk at (width, height) or the nearest valid size."""
+        """The last frame of a throwaway session's first chunk at (width, height) or the nearest valid size.
+
+        An engine that does not decode (a group follower) returns a black frame.
+        """
         size = f"{width}*{height}"
         sizes = self.models.sizes.sizes
         if size not in sizes:
@@ -188,7 +194,8 @@ class LingbotFastEngine(WorldEngine):
             out = self.generate([ChunkWork(session_id=SCRATCH_ID, chunk_index=0, poses=poses, keys=keys)])
         finally:
             self.close_session(SCRATCH_ID)
-        return out[0].frames[-1]
+        frames = out[0].frames
+        return frames[-1] if len(frames) else np.zeros((h, w, 3), dtype=np.uint8)
 
     def close(self) -> None:
         for session_id in list(self.sessions):

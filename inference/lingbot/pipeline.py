@@ -28,7 +28,7 @@ class ChunkRequest:
 
 @dataclass(kw_only=True)
 class ChunkResult:
-    frames: np.ndarray  # (F, H, W, 3) uint8
+    frames: np.ndarray  # (F, H, W, 3) uint8; (0, H, W, 3) when the pipeline does not decode
     dit_ms: float
     """The batch's DiT time (4 steps + cache update), shared by its sessions."""
     condition_ms: float
@@ -43,10 +43,16 @@ def sync(device: torch.device) -> None:
 
 
 class ChunkPipeline:
-    """Runs the shared DiT over a batch of same-signature sessions and decodes each one's frames."""
+    """Runs the shared DiT over a batch of same-signature sessions and decodes each one's frames.
 
-    def __init__(self, dit: CausalDiT, *, sampler: FlowMatchSampler | None = None):
+    With decode=False (engine-group followers, whose frames nobody sees)
+    everything that feeds the DiT still runs (condition, sampler, cache
+    update) but the VAE decode is skipped and each result has no frames.
+    """
+
+    def __init__(self, dit: CausalDiT, *, sampler: FlowMatchSampler | None = None, decode: bool = True):
         self.dit = dit
+        self.decode = decode
         self.sampler = sampler or FlowMatchSampler()
         self.device = dit.patch_embedding.weight.device
 
@@ -65,8 +71,11 @@ class ChunkPipeline:
         results = []
         for b, r in enumerate(requests):
             t3 = time.perf_counter()
-            video = r.session.decoder.decode_chunk(latents[b:b + 1])  # (1, 3, T, H, W)
-            frames = video_to_uint8(video)[0].cpu().numpy()  # (T, H, W, 3)
+            if self.decode:
+                video = r.session.decoder.decode_chunk(latents[b:b + 1])  # (1, 3, T, H, W)
+                frames = video_to_uint8(video)[0].cpu().numpy()  # (T, H, W, 3)
+            else:
+                frames = np.zeros((0, r.session.height, r.session.width, 3), dtype=np.uint8)
             decode_ms = (time.perf_counter() - t3) * 1000
             r.session.latent_frames += latents.shape[2]
             r.session.chunks += 1

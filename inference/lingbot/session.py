@@ -100,7 +100,8 @@ class SessionStream:
     """Everything one session carries from chunk to chunk, apart from its DiT cache slot."""
 
     def __init__(self, *, session_id: str, prompt: str, seed: int, width: int, height: int,
-                 image: torch.Tensor, vae: WanVAE, control_type: str, chunk_latents: int, slot: int):
+                 image: torch.Tensor, vae: WanVAE, control_type: str, chunk_latents: int, slot: int,
+                 decode: bool = True):
         self.session_id = session_id
         self.prompt = prompt
         self.seed = seed
@@ -110,16 +111,17 @@ class SessionStream:
         self.vae = vae
         self.chunk_latents = chunk_latents
         self.slot = slot
+        self.decode = decode  # False on engine-group followers: they never make frames
         self.camera = StreamingCamera(StreamingCameraConfig(height=height, width=width, chunk_latents=chunk_latents,
                                                             control_type=control_type))
         self.restart()
 
     def restart(self) -> None:
-        """Back to the start image and pose: fresh noise stream, condition, camera and decoder."""
+        """Back to the start image and pose: fresh noise stream, condition, camera and decoder (if it decodes)."""
         device = self.image.device
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
         self.condition = ConditionStream(self.vae, self.image, self.chunk_latents)
-        self.decoder = StreamingDecoder(self.vae)
+        self.decoder = StreamingDecoder(self.vae) if self.decode else None
         self.camera.reset()
         self.latent_frames = 0  # latent frames generated so far = the next chunk's first RoPE frame
         self.chunks = 0
