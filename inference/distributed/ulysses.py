@@ -11,9 +11,14 @@ cross-attention and the FFN are per token and run on the local tokens
 with all heads.
 
 This is the same math as DeepSpeed's `DistributedAttention`, written here
-over `torch.distributed.all_to_all_single` instead: it needs no extra
-(about 1 GB) dependency, and it runs on gloo so the CPU tests use real
-ranks. A speed comparison with DeepSpeed's version waits for a GPU run.
+over `torch.distributed.all_to_all_single`. bench/ulysses_vs_deepspeed.py
+compares the two on 2 gloo CPU ranks (DeepSpeed 0.19.8, 390-2340 tokens,
+8-40 heads, head_dim 64/128): outputs are bit-identical, both move the same
+bytes (4 all-to-alls of one shard per call) with the same copies, and their
+times are equal within noise (DeepSpeed's all-to-alls 1.03x ours, median
+over sizes). DeepSpeed would add a package (15 MB plus deps, a JIT-built
+comm op on CPU) for no measured gain; it does split head counts the ranks
+do not divide, which we refuse. GPU/NCCL timing is still unmeasured.
 """
 
 from __future__ import annotations
