@@ -110,8 +110,8 @@ def main() -> int:
     rank, ranks = dist.get_rank(), dist.get_world_size()
     group = dist.new_group(list(range(ranks)))
     t0 = time.perf_counter()
-    import deepspeed  # noqa: E402 - timed: the import is part of what it costs
-    from deepspeed.sequence.layer import DistributedAttention  # noqa: E402
+    import deepspeed  # timed: the import is part of what it costs
+    from deepspeed.sequence.layer import DistributedAttention
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     deepspeed.init_distributed(dist_backend="gloo")  # finds the group already made (on CPU it builds a shm op)
@@ -145,7 +145,8 @@ def main() -> int:
             print(f"{length:>6} {heads:>5} {head_dim:>4} | {diff:>9.1e} {err:>11.1e} | {sent:>7.2f} | "
                   f"{mo:>9.1f} {md:>8.1f} | {co:>8.1f} {cd:>7.1f}")
         print(f"deepspeed {deepspeed.__version__}: {disk_mb('deepspeed'):.0f} MB on disk (+ its dependencies), "
-              f"import of deepspeed.sequence.layer {import_s:.1f} s, init_distributed {init_s:.1f} s here; ours: torch only")
+              f"import of deepspeed.sequence.layer {import_s:.1f} s, init_distributed {init_s:.1f} s here; "
+              f"ours: torch only")
         print("copies (read from both code paths): each all-to-all in both = one permute copy before and one "
               "after (dropped when the permute is a no-op, e.g. batch 1), plus a copy of a non-contiguous input; "
               "same layouts, no extra copy on either side")
