@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from pathlib import Path
 from typing import Awaitable, Callable
 

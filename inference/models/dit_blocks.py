@@ -44,8 +44,8 @@ def run_in_weight_dtype(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return layer(x.to(layer.weight.dtype))
 
 
-class CausalSelfAttention(nn.Module):
-    """Self-attention of a chunk over itself and the cached past, with q/k RMSNorm and 3-D RoPE."""
+class AttentionProjections(nn.Module):
+    """The q/k/v/o projections and q/k RMSNorms shared by self- and cross-attention (reference names)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
@@ -57,6 +57,13 @@ class CausalSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+
+class CausalSelfAttention(AttentionProjections):
+    """Self-attention of a chunk over itself and the cached past, with q/k RMSNorm and 3-D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__(dim, num_heads, qk_norm, eps)
         self.sequence: LocalSequence = LOCAL  # token/head layout over ranks; set from outside (CausalDiT.use_sequence)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache,
@@ -74,19 +81,8 @@ class CausalSelfAttention(nn.Module):
         return self.o(out.flatten(2))  # (B, L, dim)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(AttentionProjections):
     """Attention of the tokens to the (cached) projected text context."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, text_len, heads, head_dim) of an embedded context (B, text_len, dim)."""

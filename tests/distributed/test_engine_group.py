@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint
-from tests.server.serverkit import receive, server_factory, start_session  # noqa: F401 (fixture)
+from tests.server.serverkit import receive, start_session
 
 # generous heartbeat limit: two ranks import torch and rendezvous on a shared 2-core machine
 GROUP_ENV = dict(ENGINE="lingbot-fast", ENGINE_STEP_TIMEOUT_S="120", RESTART_BACKOFF_MAX_S="1",

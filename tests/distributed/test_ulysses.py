@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.distributed.rank_runs import run_ranks
+
 WORLD = 2
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ulysses")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-           "-m", "tests.distributed.ulysses_worker", str(out)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(WORLD)]
+    return run_ranks("tests.distributed.ulysses_worker", tmp_path_factory.mktemp("ulysses"), WORLD, timeout=180)
 
 
 @pytest.mark.slow

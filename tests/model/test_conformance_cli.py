@@ -3,22 +3,8 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-
-REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO.parent / "shared" / "fixtures" / "lingbot_fast_tiny"
-LINE = re.compile(r"^(\S.*?) (\S+) atol=\S+,rtol=\S+ (PASS|FAIL)(  # .*)?$")
-
-
-def run_cli(fixture: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "inference.conformance", str(fixture), *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+from tests.conformance_kit import FIXTURE, LINE, corrupted_fixture, run_cli
 
 
 def test_shared_fixture_passes_every_check():
@@ -35,14 +21,7 @@ def test_shared_fixture_passes_every_check():
 
 def test_corrupted_fixture_fails(tmp_path):
     """A fixture whose stored DiT output is perturbed by 1e-2 makes the replay FAIL and exit 1."""
-    copy = tmp_path / "fixture"
-    shutil.copytree(FIXTURE, copy)
-    rollout = copy / "rollout.safetensors"
-    rollout.chmod(0o644)
-    tensors = load_file(str(rollout))
-    key = next(k for k in sorted(tensors) if k.endswith("noise_pred"))
-    tensors[key] = tensors[key] + 1e-2
-    save_file(tensors, str(rollout))
+    copy = corrupted_fixture(tmp_path)
     out = run_cli(copy, "--only", "dit")
     assert out.returncode == 1
     assert any(line.endswith("FAIL") or " FAIL" in line for line in out.stdout.splitlines())

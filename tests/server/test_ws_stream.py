@@ -8,7 +8,6 @@ import socket
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.server.serverkit import open_ws, receive, start_session
