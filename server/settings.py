@@ -122,6 +122,7 @@ class Settings:
     def engine_command(self, endpoint: str) -> list[str]:
         """The command line that starts one engine generation connected to `endpoint`."""
         args = ["-m", "inference.engine", "--engine", self.engine, "--endpoint", endpoint,
+                "--front-pid", str(os.getpid()),
                 "--chunk-frames", str(self.chunk_frames), "--jpeg-quality", str(self.jpeg_quality)]
         if self.model_dir:
             args += ["--model-dir", self.model_dir]

@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m inference.engine", description=__doc__)
     ap.add_argument("--engine", default="sim", choices=["sim", "lingbot-fast"])
     ap.add_argument("--endpoint", required=True, help="ZeroMQ endpoint the front listens on")
+    ap.add_argument("--front-pid", type=int, default=0,
+                    help="exit when this process (the front) is gone, even when torchrun sits in between")
     ap.add_argument("--chunk-frames", type=int, default=4, help="sim: video frames per chunk")
     ap.add_argument("--model-dir", default="", help="lingbot-fast: checkpoint folder")
     ap.add_argument("--jpeg-quality", type=int, default=85)
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     grouped = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if grouped and int(os.environ["RANK"]) != 0:
         return follower_main(args, join_group(args))
-    link = FrontLink(args.endpoint)  # heartbeats start before the (slow) torch import and rendezvous
+    link = FrontLink(args.endpoint, front_pid=args.front_pid)  # heartbeats start before the (slow) torch import and rendezvous
     loop_holder: list[EngineLoop] = []
     link.status = lambda: loop_holder[0].heartbeat_fields() if loop_holder else {"sessions": 0, "queued_steps": 0}
     link.start()

@@ -26,8 +26,9 @@ INBOUND_LIMIT = 4096  # front sends at most one pending step per session plus a 
 class FrontLink:
     """Connects to the front's PAIR socket and shuttles messages on a daemon thread."""
 
-    def __init__(self, endpoint: str, *, heartbeat_s: float = 0.5, status=None):
+    def __init__(self, endpoint: str, *, heartbeat_s: float = 0.5, status=None, front_pid: int = 0):
         self.endpoint = endpoint
+        self.front_pid = front_pid  # 0: watch only the direct parent
         self.heartbeat_s = heartbeat_s
         self.inbound: queue.Queue = queue.Queue(maxsize=INBOUND_LIMIT)
         self.status = status or (lambda: {})  # called on the I/O thread for heartbeat fields
@@ -40,6 +41,7 @@ class FrontLink:
         self._push = self._ctx.socket(zmq.PUSH)  # owned by the loop thread
         self._push.connect(self._out_addr)
         self._parent = os.getppid()
+        self._orphan = False
         self._thread = threading.Thread(target=self._run, name="front-link", daemon=True)
 
     def start(self) -> None:
@@ -69,8 +71,8 @@ class FrontLink:
                 if now >= next_beat:
                     sock.send(P.encode(self._heartbeat(now)))
                     next_beat = now + self.heartbeat_s
-                    if os.getppid() != self._parent:  # the front (or torchrun) died: do not linger
-                        log.error("parent process %d is gone; engine exits", self._parent)
+                    if not self._orphan and self._orphaned():  # the front (or torchrun) died: do not linger
+                        self._orphan = True
                         self.inbound.put(P.Shutdown())
                 events = dict(poller.poll(timeout=max(1, int((next_beat - now) * 1000))))
                 if self._pull in events:
@@ -84,6 +86,21 @@ class FrontLink:
             sock.close()
             self._pull.close(linger=0)
             self.closed.set()
+
+    def _orphaned(self) -> bool:
+        """True once the direct parent or the front process is gone."""
+        if os.getppid() != self._parent:
+            log.error("parent process %d is gone; engine exits", self._parent)
+            return True
+        if self.front_pid:
+            try:
+                os.kill(self.front_pid, 0)
+            except ProcessLookupError:
+                log.error("front process %d is gone; engine exits", self.front_pid)
+                return True
+            except PermissionError:  # alive, owned by someone else
+                pass
+        return False
 
     def _receive(self, parts: list[bytes]) -> None:
         try:

@@ -63,3 +63,58 @@ def test_hung_engine_is_detected_and_restarted(server_factory):
         time.sleep(0.1)
     else:
         raise AssertionError(f"hung engine {old_pid} was not reaped")
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Pids still alive (zombies count as gone) after waiting up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        time.sleep(0.1)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid (torchrun's rank processes)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def test_engine_exits_when_the_front_is_killed(server_factory):
+    """SIGKILL on the front: the engine notices its front is gone and exits by itself."""
+    srv = server_factory()
+    engine = srv.engine_pid()
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait(timeout=10)
+    assert _wait_gone([engine], 15) == [], "engine outlived its front"
+
+
+def test_torchrun_group_exits_when_the_front_is_killed(server_factory):
+    """SIGKILL on the front of a 2-rank torchrun engine group: every process of the group exits by itself."""
+    srv = server_factory(NUM_GPUS="2", HEARTBEAT_TIMEOUT_S="30")
+    launcher = srv.engine_pid()  # torchrun; its children are the two ranks
+    group = [launcher, *_children(launcher)]
+    assert len(group) == 3, group
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait(timeout=10)
+    left = _wait_gone(group, 60)
+    for pid in left:  # do not leave strays behind when the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"engine group processes outlived the front: {left}"
