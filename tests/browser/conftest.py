@@ -2,93 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from browser_helpers import AUTH_TOKEN_FOR_TESTS
+from tests.server.serverkit import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "artifacts" / "browser"
-READY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 10.0
-
-
-def _get(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return 0
-
-
-class ServerProcess:
-    """One `python ws_server.py` child with its ports read from the run directory."""
-
-    def __init__(self, run_dir: Path, extra_env: dict[str, str] | None = None):
-        self.run_dir = run_dir
-        self.extra_env = extra_env or {}
-        self.proc: subprocess.Popen | None = None
-        self.http_port = 0
-        self.ws_port = 0
-        self.log_path = run_dir / "server.log"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/"
-
-    def start(self, http_port: int = 0, ws_port: int = 0) -> "ServerProcess":
-        ports_file = self.run_dir / "ports.json"
-        ports_file.unlink(missing_ok=True)
-        env = dict(os.environ, HTTP_PORT=str(http_port), WS_PORT=str(ws_port),
-                   WS_HOST="127.0.0.1", HTTP_HOST="127.0.0.1", RUN_DIR=str(self.run_dir), **self.extra_env)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "ws_server.py"], cwd=REPO, env=env,
-                                     stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if ports_file.exists():
-                try:
-                    ports = json.loads(ports_file.read_text())
-                    self.http_port, self.ws_port = int(ports["http"]), int(ports["ws"])
-                except (ValueError, KeyError):
-                    pass  # half-written; read again
-                else:
-                    if _get(f"{self.base_url}ready") == 200:
-                        return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server not ready within {READY_TIMEOUT_S} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
 
 
 def _start_server(run_dir: Path, extra_env: dict[str, str] | None = None):

@@ -33,17 +33,18 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 10.0) -> tu
 class ServerProcess:
     """`python ws_server.py` on free loopback ports with its own run directory."""
 
-    def __init__(self, run_dir: Path, env: dict[str, str]):
+    def __init__(self, run_dir: Path, env: dict[str, str] | None = None):
         self.run_dir = run_dir
-        self.env = env
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.http_port = self.ws_port = 0
 
-    def start(self, wait_ready: bool = True) -> "ServerProcess":
+    def start(self, wait_ready: bool = True, http_port: int = 0, ws_port: int = 0) -> "ServerProcess":
+        """Start (or restart, e.g. on the same ports) and wait for /ready; ports 0 = free ports."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "ports.json").unlink(missing_ok=True)
-        env = dict(os.environ, HTTP_PORT="0", WS_PORT="0", WS_HOST="127.0.0.1", HTTP_HOST="127.0.0.1",
-                   RUN_DIR=str(self.run_dir), **self.env)
+        env = dict(os.environ, HTTP_PORT=str(http_port), WS_PORT=str(ws_port), WS_HOST="127.0.0.1",
+                   HTTP_HOST="127.0.0.1", RUN_DIR=str(self.run_dir), **self.env)
         with open(self.run_dir / "server.log", "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "ws_server.py"], cwd=REPO, env=env,
                                          stdout=log, stderr=subprocess.STDOUT)
@@ -64,6 +65,10 @@ class ServerProcess:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url("/")
 
     @property
     def ws_url(self) -> str:
