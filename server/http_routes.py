@@ -12,6 +12,7 @@ from aiohttp import web
 from server import __version__
 from server.engine_link import EngineUnavailable
 from server.hub import SessionHub
+from server.messages import ClientError, image_field, prompt_field
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 HUB_KEY = web.AppKey("hub", SessionHub)
@@ -117,8 +118,6 @@ async def upsample(request: web.Request) -> web.Response:
     if not _authorised(request):
         return _deny()
     hub = request.app[HUB_KEY]
-    from server.messages import ClientError, image_field, prompt_field
-
     try:
         body = await request.json()
         if not isinstance(body, dict):

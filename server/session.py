@@ -310,9 +310,10 @@ class Session:
                 "last": round(float(data[-1]), 1)}
 
     def stats(self) -> dict:
+        latency = self.latency_ms()
         return {"type": "stats", "fps": round(self.fps(), 2), "frames": self.frames_sent,
                 "dropped": self.channel.frames_dropped, "chunk_ms": self.last_chunk_ms and round(self.last_chunk_ms, 1),
-                "control_latency_ms": self.latency_ms()["p50"], "control_latency": self.latency_ms(),
+                "control_latency_ms": latency["p50"], "control_latency": latency,
                 "queue": self.channel.queued, "buffered": len(self.buffer),
                 "target_fps": round(1.0 / self.interval_s, 2), "engine_keeping_up": self.interval_s <= FRAME_S * 1.01,
                 "state": self.state, "late_chunks": self.late_chunks, "stalled_s": self.stalled_s(),
