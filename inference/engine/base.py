@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +56,11 @@ class ChunkWork:
 class ChunkOutput:
     """Frames of one generated chunk plus where the time went."""
 
-    frames: np.ndarray  # (F, H, W, 3) uint8
+    frames: np.ndarray  # (F, H, W, 3) uint8; may be empty when `jpegs` carries the frames
     model_ms: float = 0.0
     decode_ms: float = 0.0
+    jpegs: list[bytes] | None = None
+    """The frames already JPEG-encoded (an engine that encodes in its own workers); the loop then skips encoding."""
 
 
 @dataclass(kw_only=True)
@@ -83,6 +86,40 @@ def parse_size(size: str, allowed: list[str] | tuple[str, ...]) -> tuple[int, in
         raise EngineUserError("bad_field", f"size {size!r} is not one of {', '.join(allowed)}")
     w, h = size.split("*")
     return int(w), int(h)
+
+
+class EngineTask(abc.ABC):
+    """Engine work other than chunks (open a world, change a prompt, render a test frame), done in slices.
+
+    The step loop interleaves tasks with chunks: it calls `step()` only when no
+    chunk is due soon, and each call does a bounded amount of work (an engine
+    that can slice its work keeps a slice to a few tens of ms; one that cannot
+    does it all in one call). `step()` returns True when the task is finished;
+    `result` then holds its value. It raises EngineUserError (or ValueError) when
+    the request itself is bad. `cancel()` abandons a task that has not finished
+    (its client left, its request timed out); it must leave the engine as if the
+    task had never started.
+    """
+
+    result: Any = None
+
+    @abc.abstractmethod
+    def step(self) -> bool:
+        """Do one bounded slice of the work; True when finished (then `result` is set)."""
+
+    def cancel(self) -> None:
+        """Abandon the task (default: nothing to undo)."""
+
+
+class CallTask(EngineTask):
+    """A task done in one slice: one plain engine call (for engines that cannot slice their work)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def step(self) -> bool:
+        self.result = self.fn(*self.args)
+        return True
 
 
 class WorldEngine(abc.ABC):
@@ -122,6 +159,20 @@ class WorldEngine(abc.ABC):
     @abc.abstractmethod
     def render_test_frame(self, prompt: str, seed: int, width: int, height: int) -> np.ndarray:
         """One stand-alone (H, W, 3) uint8 frame for /test-frame."""
+
+    # -- sliced work (the step loop uses these; defaults run the plain call in one slice) --
+
+    def open_task(self, spec: SessionSpec) -> EngineTask:
+        """Build a session's world; `result` is its batching signature (as `open_session` returns)."""
+        return CallTask(self.open_session, spec)
+
+    def prompt_task(self, session_id: str, prompt: str) -> EngineTask:
+        """Change a session's prompt; `result` is None."""
+        return CallTask(self.set_prompt, session_id, prompt)
+
+    def test_frame_task(self, prompt: str, seed: int, width: int, height: int) -> EngineTask:
+        """Render a test frame; `result` is an (H, W, 3) uint8 frame or its JPEG bytes."""
+        return CallTask(self.render_test_frame, prompt, seed, width, height)
 
     def close(self) -> None:
         """Release the engine (process exit follows)."""

@@ -177,7 +177,7 @@ class EngineLoop:
             self.link.busy_since = None
         for step, out in zip(batch, outputs):
             t_jpeg = time.time()
-            jpegs = [encode_jpeg(f, self.jpeg_quality) for f in out.frames]
+            jpegs = out.jpegs if out.jpegs is not None else [encode_jpeg(f, self.jpeg_quality) for f in out.frames]
             jpeg_ms = (time.time() - t_jpeg) * 1000
             total_ms = (time.time() - start) * 1000
             self.timer.add(total_ms)
