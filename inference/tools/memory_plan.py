@@ -40,6 +40,9 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # code, CPU, 1-layer models of head_dim 128; the residual stream is float32 whatever the weights):
 # attention phase a*dim, FFN phase b*dim + c*ffn_dim, keyed by the activation dtype's bytes.
 ACTIVATION_BYTES_PER_TOKEN = {2: (42.2, 25.5, 4.0), 4: (45.2, 29.2, 8.0)}
+# The camera embedding before the blocks: bytes per control value (control_channels x patch volume) of its
+# patchified copy and casts, keyed likewise; it is the peak only for narrow models (dim well under 512).
+EMBED_BYTES_PER_CONTROL_VALUE = {2: 6.5, 4: 4.0}
 # Peak live bytes per output pixel of one streaming VAE call on a steady chunk (decode 3 latents -> 12 frames,
 # encode 12 frames), measured with memory_probe on CPU: an upper bound of cuDNN's, keyed by VAE dtype bytes.
 VAE_DECODE_BYTES_PER_PIXEL = {2: 9_900, 4: 20_100}
@@ -242,7 +245,8 @@ class MemoryPlan:
         tokens = batch * CHUNK_LATENTS * self.tokens_per_frame(width, height)
         local_tokens = math.ceil(tokens / d.ulysses)
         a, b, f = ACTIVATION_BYTES_PER_TOKEN[p]
-        per_token = max(a * c.dim, b * c.dim + f * c.ffn_dim)
+        embed = EMBED_BYTES_PER_CONTROL_VALUE[p] * c.control_channels * c.patch_volume + 3 * p * c.dim
+        per_token = max(a * c.dim + 512, b * c.dim + f * c.ffn_dim, embed)
         if d.ulysses > 1:  # all-to-all send/receive copies of q, k, v and the output
             per_token += 8 * p * c.dim
         window_tokens = d.window * self.tokens_per_frame(width, height)
@@ -252,8 +256,8 @@ class MemoryPlan:
                "KV eviction (one layer)": kept * (c.dim // d.ulysses) * p}
         if d.dit_fsdp and d.gpus > 1:  # the running block and the prefetched next one, unsharded
             out["FSDP2 gathered blocks"] = 2 * dit_parameter_split(self.shapes.dit)[3] * p
-        if d.weights == "fp8":  # weight-only path: one linear's weight dequantized at a time
-            out["fp8 dequantized weight"] = c.dim * c.ffn_dim * p
+        if d.weights == "fp8":  # weight-only path: one linear's weight dequantized at a time (cast, then scaled)
+            out["fp8 dequantized weight"] = 2 * c.dim * c.ffn_dim * p
         pixels = width * height
         decode = VAE_DECODE_BYTES_PER_PIXEL[self.vae_bytes] * pixels if rank == 0 else 0
         encode = VAE_ENCODE_BYTES_PER_PIXEL[self.vae_bytes] * pixels
