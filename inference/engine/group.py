@@ -72,7 +72,7 @@ class LeaderEngine(WorldEngine):
         self.first_chunk_timeout_s = first_chunk_timeout_s
         self.last_tick = time.monotonic()
         self.statuses: list[RankStatus] = []
-        self.health: list[P.RankHealth] = []  # replaced whole, read by the I/O thread
+        self.ranks: list[P.RankHealth] = []  # replaced whole, read by the I/O thread
         self.signatures: dict[str, str] = {}  # session id -> signature, to spot a signature's first chunk
         self.generated: set[str] = set()  # signatures that have run a chunk on every rank
 
@@ -125,12 +125,12 @@ class LeaderEngine(WorldEngine):
         self.ctx.broadcast_object(EngineCall(method="tick"))
         self.statuses = self.ctx.all_gather_object(rank_status(self.ctx, self.engine))
         self.last_tick = time.monotonic()
-        self.health = [P.RankHealth(rank=s.rank, alive=True, last_seen_s=0.0, **s.health) for s in self.statuses]
+        self.ranks = [P.RankHealth(rank=s.rank, alive=True, last_seen_s=0.0, **s.health) for s in self.statuses]
 
     def rank_health(self) -> list[P.RankHealth]:
         """Every rank with the seconds since it last answered a tick (memory as of that tick)."""
         age = time.monotonic() - self.last_tick
-        return [msgspec.structs.replace(h, last_seen_s=age) for h in self.health]
+        return [msgspec.structs.replace(h, last_seen_s=age) for h in self.ranks]
 
     def close(self) -> None:
         self.ctx.broadcast_object(EngineCall(method="shutdown"))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from inference.engine.base import EngineUserError
+from inference.models.fp8 import inner_tensors
 from inference.tools.memory_plan import FRAGMENTATION, GIB, MemoryPlan
 
 MIB = 2**20
@@ -58,18 +59,11 @@ def resident_bytes() -> int:
         return 0
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor really holds: the parts of a wrapper (fp8 data + scales, a DTensor's local shard)."""
-    if hasattr(t, "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
-
-
 def module_bytes(module: nn.Module, device: torch.device) -> int:
-    """Bytes of a module's parameters and buffers that live on `device`."""
+    """Bytes of a module's parameters and buffers that live on `device` (wrapped tensors by their parts)."""
     tensors = list(module.parameters()) + list(module.buffers())
-    return sum(tensor_bytes(t) for t in tensors if t.device.type == device.type)
+    return sum(t.numel() * t.element_size() for w in tensors if w.device.type == device.type
+               for t in inner_tensors(w))
 
 
 def gib(n: float) -> str:

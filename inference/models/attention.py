@@ -22,6 +22,7 @@ except Exception as exc:  # noqa: BLE001
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 FA2_MAX_HEAD_DIM = 256
 FA3_CAPABILITY = (9, 0)  # FlashAttention 3 kernels are built for sm_90 (Hopper) only
+FA3_HEAD_DIMS = (64, 128, 256)  # compiled by every FA3 release (some add others); the DiT's is 128
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,11 +33,11 @@ def _compute_capability(device_index: int) -> tuple[int, int]:
 def attention_backend(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None) -> str:
     """Which kernel `attention` will use for these inputs: 'fa3', 'fa2' or 'sdpa'."""
     flash_ok = (q.is_cuda and key_mask is None and q.dtype in FLASH_DTYPES and k.dtype == q.dtype
-                and q.shape[-1] <= FA2_MAX_HEAD_DIM)
+                and q.shape[-1] <= FA2_MAX_HEAD_DIM and q.shape[-1] % 8 == 0)
     if not flash_ok:
         return "sdpa"
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    if _fa3 is not None and _compute_capability(index) == FA3_CAPABILITY:
+    if _fa3 is not None and _compute_capability(index) == FA3_CAPABILITY and q.shape[-1] in FA3_HEAD_DIMS:
         return "fa3"
     if _fa2 is not None and _compute_capability(index)[0] >= 8:
         return "fa2"
@@ -55,6 +56,8 @@ def backend_report(device: torch.device, dtype: torch.dtype, head_dim: int) -> s
     why = [f"{name} unavailable ({err})" for name, err in _import_errors.items()]
     if dtype not in FLASH_DTYPES:
         why.append(f"dtype {str(dtype).removeprefix('torch.')} is not fp16/bf16")
+    if head_dim % 8 or head_dim > FA2_MAX_HEAD_DIM:
+        why.append(f"head_dim {head_dim} is not a multiple of 8 up to {FA2_MAX_HEAD_DIM}")
     return f"sdpa ({'; '.join(why) or f'no flash kernel for sm_{major}{minor}'})"
 
 

@@ -42,24 +42,21 @@ def quantize_blocks(model: nn.Module, blocks: nn.ModuleList) -> str:
     return path
 
 
+def inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding a (possibly wrapped: torchao, DTensor) tensor's data."""
+    if not hasattr(t, "__tensor_flatten__"):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    parts = [getattr(t, n) for n in names]
+    return [leaf for p in parts if isinstance(p, torch.Tensor) for leaf in inner_tensors(p)]
+
+
 def is_fp8(model: nn.Module) -> bool:
     """Whether any linear weight of the model is stored as float8 (a torchao tensor with float8 data)."""
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(module, nn.Linear) and hasattr(weight, "__tensor_flatten__"):
-            names, _ = weight.__tensor_flatten__()
-            if any(getattr(weight, n).dtype == torch.float8_e4m3fn for n in names):
-                return True
-    return False
+    return any(isinstance(m, nn.Linear) and any(t.dtype == torch.float8_e4m3fn for t in inner_tensors(m.weight))
+               for m in model.modules())
 
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes held by the model's parameters (the float8 data and scales of quantized weights)."""
-    total = 0
-    for p in model.parameters():
-        if hasattr(p, "__tensor_flatten__"):
-            names, _ = p.__tensor_flatten__()
-            total += sum(getattr(p, n).numel() * getattr(p, n).element_size() for n in names)
-        else:
-            total += p.numel() * p.element_size()
-    return total
+    return sum(t.numel() * t.element_size() for p in model.parameters() for t in inner_tensors(p))

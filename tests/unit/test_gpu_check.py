@@ -50,3 +50,15 @@ def test_a_failing_stage_is_marked_and_the_run_goes_on(tmp_path):
     assert stages["conformance_fp32"]["status"] == "FAIL" and "missing" in stages["conformance_fp32"]["summary"]
     assert stages["attention"]["status"] == "PASS"
     assert "FAILED: conformance_fp32" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not checked out beside the repo")
+def test_two_rank_stage_replays_the_fixture_on_two_torchrun_ranks(tmp_path):
+    """`--ranks 2` runs the 2-rank stage on real torchrun ranks (gloo on the CPU): float32 errors, PASS."""
+    done, report = run_check(tmp_path, "--ranks", "2", "--only", "nccl_2rank", timeout=500)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    stage = report["stages"][0]
+    assert stage["status"] == "PASS" and stage["figures"]["backend"] == "gloo on cpu"
+    assert stage["figures"]["calls"] == 12 and stage["figures"]["flow_abs_max"] < 1e-4
