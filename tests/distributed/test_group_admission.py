@@ -1,4 +1,4 @@
-"""Admission in a 2-rank lingbot-fast group: every rank checks its own memory and all refuse together."""
+"""A 2-rank lingbot-fast group: admission agreed by every rank, and a slow first decode on rank 0 survived."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def test_a_session_that_does_not_fit_one_rank_is_refused_by_the_whole_group(tmp_
     assert "a test frame" in rank0["test_frame"]["message"]
     assert rank0["after_close"] is None
     assert rank0["sessions"] == rank1["sessions"] == ["b"]
+
+
+@pytest.mark.slow
+def test_a_slow_first_decode_on_rank0_does_not_fail_the_group(tmp_path):
+    """With an 8 s collective timeout and a 16 s first decode on rank 0, both chunks and a test frame complete:
+    the follower waits at the long barrier after the size's first chunk instead of timing out."""
+    rank0, rank1 = run_ranks("tests.distributed.barrier_worker", tmp_path, 2, timeout=300)
+    assert rank0["frames"] == [9, 12] and rank0["seconds"] >= 16.0
+    assert rank0["test_frame"] == [32, 48, 3] and rank1["followed"]
