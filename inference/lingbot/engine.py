@@ -80,9 +80,9 @@ class LingbotFastEngine(WorldEngine):
         # agree: in an engine group, gathers every rank's admission verdict (all take or refuse together)
         self.memory = self._memory_gate(admit=admit, max_batch=max_batch, rank=rank, agree=agree,
                                         limit=None if memory_limit_gb is None else int(memory_limit_gb * GIB))
-        backend = self.attention_backend()
-        (log.warning if backend.startswith("sdpa (") else log.info)("rank %d attention on %s: %s", rank,
-                                                                     self.device, backend)
+        self.attention = backend_report(self.device, self.dtype, config.head_dim)  # fixed once loaded
+        (log.warning if self.attention.startswith("sdpa (") else log.info)("rank %d attention on %s: %s", rank,
+                                                                            self.device, self.attention)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
@@ -126,7 +126,7 @@ class LingbotFastEngine(WorldEngine):
                           max_latent_frames=ROPE_POSITIONS,
                           extra={"window": self.window, "sink": self.sink, "control_type": c.control_type,
                                  "chunk_latents": CHUNK_LATENTS, "steps": self.pipeline.sampler.num_steps,
-                                 "attention": self.attention_backend()})
+                                 "attention": self.attention})
 
     def warm_up(self) -> None:
         """One throwaway first chunk at the default size (allocations, kernels, prompt cache)."""
@@ -229,7 +229,7 @@ class LingbotFastEngine(WorldEngine):
 
     def health(self) -> dict:
         """This rank's memory (used / planned / free MiB) and attention backend, for /status."""
-        return {**self.memory.report(self.open_sizes()), "attention": self.attention_backend()}
+        return {**self.memory.report(self.open_sizes()), "attention": self.attention}
 
     # -- helpers -----------------------------------------------------------
 
@@ -239,11 +239,6 @@ class LingbotFastEngine(WorldEngine):
         for s in self.sessions.values():
             sizes[s.width, s.height] = sizes.get((s.width, s.height), 0) + 1
         return sizes
-
-    def attention_backend(self) -> str:
-        """The kernel the DiT's self-attention uses here (and why, when it is not flash attention)."""
-        c = self.models.dit.config
-        return backend_report(self.device, self.dtype, c.head_dim)
 
     def _memory_gate(self, *, admit: bool, max_batch: int, rank: int, limit: int | None, agree) -> MemoryGate:
         """The memory plan of this rank's layout, read off the loaded models."""

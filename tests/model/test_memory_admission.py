@@ -80,3 +80,18 @@ def test_health_reports_memory_and_the_attention_backend(model_dir):
     busy = engine.health()
     assert busy["memory_planned_mb"] > idle["memory_planned_mb"] > 0
     engine.close_session("one")
+
+
+def test_engine_flags_place_the_text_encoder_and_refuse_contradictions(model_dir):
+    """--t5-device cpu loads the text encoder into host memory; fp8 with DiT FSDP2 and a CPU text encoder with
+    T5 FSDP2 are refused before loading, naming both flags."""
+    from inference.engine.__main__ import build_engine, parse_args
+
+    base = ["--engine", "lingbot-fast", "--endpoint", "tcp://127.0.0.1:1", "--model-dir", str(model_dir)]
+    engine = build_engine(parse_args(base + ["--t5-device", "cpu"]), None)
+    assert next(engine.models.text.model.parameters()).device.type == "cpu"
+    assert engine.text_context("hills").device.type == "cpu"
+    for flags, words in ((["--weights", "fp8", "--dit-fsdp"], "--weights fp8 with --dit-fsdp"),
+                         (["--t5-device", "cpu", "--t5-fsdp"], "--t5-device cpu with --t5-fsdp")):
+        with pytest.raises(ValueError, match=words):
+            build_engine(parse_args(base + flags), None)
