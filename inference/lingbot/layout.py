@@ -114,14 +114,15 @@ def read_dit_config(model_dir: Path) -> DiTConfig:
 
 def load_models(model_dir: str | Path, *, device: torch.device, dtype: torch.dtype,
                 progress: bool | None = None) -> LingbotModels:
-    """Load DiT, VAE and umT5 + tokenizer straight onto device/dtype; clear errors on missing files."""
+    """Load DiT and umT5 + tokenizer straight onto device/dtype (the VAE in float32); clear errors on missing files."""
     model_dir = Path(model_dir)
     check_folder(model_dir)
     try:
         dit = load_dit_checkpoint(model_dir / DIT_DIR, device=device, dtype=dtype, progress=progress)
     except CheckpointError as exc:
         raise ModelFolderError(str(exc)) from exc
-    vae = load_vae(model_dir / VAE_FILE, device=device, dtype=dtype, config=read_vae_config(model_dir),
+    # The VAE stays float32 on every device, as the reference's VAE wrapper keeps it (bf16 costs decode fidelity).
+    vae = load_vae(model_dir / VAE_FILE, device=device, dtype=torch.float32, config=read_vae_config(model_dir),
                    model_dir=model_dir)
     t5_config = read_t5_config(model_dir)
     if t5_config.dim != dit.config.text_dim:
