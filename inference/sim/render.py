@@ -64,12 +64,12 @@ def eye_position(scene: Scene, pose: np.ndarray,
     under the camera, so walking forward climbs hills.
     """
     cp = decompose_pose(pose)
-    terrain = scene.terrain
+    land = scene.ground
     mx, mz = cp.x * cfg.metres_per_unit, cp.z * cfg.metres_per_unit
-    ground = max(terrain.ground_height(mx, mz), scene.water_level)
+    ground = max(land.ground_height(mx, mz), scene.water_level)
     eye = ground + cfg.eye_height_m - cp.y * cfg.metres_per_unit
-    period = terrain.config.size * terrain.config.cell_m
-    return cp, (mx + terrain.origin[0]) % period, eye, (mz + terrain.origin[1]) % period
+    period = land.config.size * land.config.cell_m
+    return cp, (mx + land.origin[0]) % period, eye, (mz + land.origin[1]) % period
 
 
 def render_view(scene: Scene, camera: Camera, pose: np.ndarray, *, with_depth: bool = False,
@@ -196,7 +196,7 @@ def _add_water(fr: _Frame, cells: np.ndarray, ray_h: np.ndarray, haze: np.ndarra
 
 def _ripples(fr: _Frame, lo: int, hi: int) -> np.ndarray:
     """(hi - lo, A) factor near 1 that breaks the sun's reflection into sparkles."""
-    detail = fr.scene.terrain.detail
+    detail = fr.scene.ground.detail
     m = detail.shape[0]
     row = (np.arange(lo, hi) * 7) % m
     az_bin = np.floor(fr.world_az * 900.0).astype(np.int32) % m
@@ -208,11 +208,11 @@ def _add_detail(fr: _Frame, colour: np.ndarray, dist: np.ndarray) -> None:
 
     colour: (3, r, A) a band of rows; dist: (r, A) their horizontal distances.
     """
-    terrain = fr.scene.terrain
-    detail = terrain.detail.reshape(-1)
-    m = terrain.detail.shape[0]
+    land = fr.scene.ground
+    detail = land.detail.reshape(-1)
+    m = land.detail.shape[0]
     fade_m = fr.cfg.detail_fade_m
-    inv = np.float32(1.0 / terrain.config.detail_cell_m)
+    inv = np.float32(1.0 / land.config.detail_cell_m)
     d = np.minimum(dist, fade_m) * inv
     u = np.float32(fr.x * inv) + d * fr.sin_az[None]  # (r, A) detail texels
     v = np.float32(fr.z * inv) + d * fr.cos_az[None]
