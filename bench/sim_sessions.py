@@ -9,12 +9,16 @@ one chunk of every session per call (the loop batches same-size sessions),
 as the loop would (quality 85); with workers they come back encoded. Each
 session walks and turns along its own path. Prints frames per second per
 configuration and the workers / in-process ratio measured in this run; wall
-times on a shared CPU are noisy, so the modes alternate in short rounds.
+times on a shared CPU are noisy, so the modes alternate in short rounds. The
+CPU milliseconds per frame count this process and the render workers: on idle
+cores the capacity is about cores * 1000 / that. Last, the main-thread CPU time
+of each step() of an open_task for a new seed (the engine loop's worst case).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,20 +73,48 @@ class Run:
         self.engine.close()
 
 
-def measure(runs: dict[str, Run], batched: bool, seconds: float, rounds: int = 3) -> dict[str, float]:
-    """Frames per second of each run, alternating runs in `rounds` slices of the time."""
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by this process and the given (worker) processes."""
+    total = time.process_time()
+    for pid in pids:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measure(runs: dict[str, Run], batched: bool, seconds: float, rounds: int = 3) -> dict[str, tuple]:
+    """(frames per second, CPU ms per frame) of each run, alternating runs in `rounds` slices of the time."""
     frames = dict.fromkeys(runs, 0)
     wall = dict.fromkeys(runs, 0.0)
+    cpu = dict.fromkeys(runs, 0.0)
     for name, run in runs.items():
         run.step(batched)  # the ray grids of this path's pitches, scene mappings
     for _ in range(rounds):
         for name, run in runs.items():
             end = time.perf_counter() + seconds / rounds
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_s(run.engine.worker_pids)
             while time.perf_counter() < end:
                 frames[name] += run.step(batched)
             wall[name] += time.perf_counter() - t0
-    return {name: frames[name] / wall[name] for name in runs}
+            cpu[name] += cpu_s(run.engine.worker_pids) - c0
+    return {name: (frames[name] / wall[name], 1e3 * cpu[name] / frames[name]) for name in runs}
+
+
+def open_steps(workers: int, seed: int) -> tuple[int, float, float]:
+    """(steps, median ms, max ms) of main-thread CPU per step of an open_task for a new seed."""
+    engine = SimEngine(chunk_frames=CHUNK, workers=workers)
+    engine.warm_up()
+    task = engine.open_task(SessionSpec(session_id="o", prompt="sunset", seed=seed, width=832, height=480))
+    times = []
+    while True:
+        t0 = time.thread_time()
+        done = task.step()
+        times.append(1e3 * (time.thread_time() - t0))
+        if done:
+            break
+        time.sleep(0.005)  # the loop would generate chunks here
+    engine.close()
+    return len(times), float(np.median(times)), max(times)
 
 
 def main() -> None:
@@ -92,17 +124,22 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers())
     args = ap.parse_args()
     print(f"{default_workers()} CPUs, {args.workers} render workers, 832x480, {CHUNK}-frame chunks")
-    print(" N  calls        in-process fps  workers fps  ratio  per-session fps (workers)")
+    print(" N  calls        in-process fps (cpu ms/frame)  workers fps (cpu ms/frame)  ratio  per-session fps")
     for n in (int(x) for x in args.sessions.split(",")):
         runs = {"local": Run(0, n), "pool": Run(args.workers, n)}
         try:
             for batched in (False, True):
-                fps = measure(runs, batched, args.seconds)
-                print(f"{n:2d}  {'batched' if batched else 'one-by-one':11}  {fps['local']:14.1f}  "
-                      f"{fps['pool']:11.1f}  {fps['pool'] / fps['local']:5.2f}  {fps['pool'] / n:8.1f}")
+                m = measure(runs, batched, args.seconds)
+                (lf, lc), (pf, pc) = m["local"], m["pool"]
+                print(f"{n:2d}  {'batched' if batched else 'one-by-one':11}  {lf:14.1f} ({lc:5.1f})"
+                      f"{pf:20.1f} ({pc:5.1f})  {pf / lf:10.2f}  {pf / n:8.1f}")
         finally:
             for run in runs.values():
                 run.close()
+    for workers, seed in ((0, 901), (args.workers, 902)):
+        steps, med, worst = open_steps(workers, seed)
+        print(f"open_task for a new seed, {workers} workers: {steps} steps, main-thread CPU per step "
+              f"median {med:.1f} ms, max {worst:.1f} ms")
 
 
 if __name__ == "__main__":
