@@ -87,6 +87,11 @@ class SimEngine(WorldEngine):
                 raise RuntimeError("SimEngine.warm_up starts the render workers: call it before opening sessions")
             pool = RenderPool(self.workers, self.render_config)
             pool.start()
+            try:
+                pool.warm_up(832, 480)
+            except BaseException:
+                pool.stop()
+                raise
             self.worlds.close()
             self.worlds = PooledWorlds(pool, self.render_config)
         elif isinstance(self.worlds, LocalWorlds):

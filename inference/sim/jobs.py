@@ -1,8 +1,8 @@
 """Messages between the sim engine and its render workers (pickled over one pipe per worker).
 
-Engine -> worker: BuildScene, CancelBuild, AttachScene (a memfd follows on the
-pipe), DropScene, RenderFrame, Stop. Worker -> engine: SceneBuilt (a memfd
-follows), BuildCancelled, FrameRendered, JobFailed. A worker handles its pipe
+Engine -> worker: WarmUp, BuildScene, CancelBuild, AttachScene (a memfd
+follows on the pipe), DropScene, RenderFrame, Stop. Worker -> engine: WarmedUp,
+SceneBuilt (a memfd follows), BuildCancelled, FrameRendered, JobFailed. A worker handles its pipe
 in order, so a build's SceneBuilt, if it finished first, precedes its BuildCancelled.
 """
 
@@ -14,6 +14,21 @@ import numpy as np
 
 from .look import Look
 from .shared import SceneLayout
+
+
+@dataclass(kw_only=True, frozen=True)
+class WarmUp:
+    """Build the level ray grid of a frame size, then answer WarmedUp (the worker is up)."""
+
+    width: int
+    height: int
+
+
+@dataclass(kw_only=True, frozen=True)
+class WarmedUp:
+    """The worker has started and built the grid it was asked for."""
+
+    pid: int
 
 
 @dataclass(kw_only=True, frozen=True)

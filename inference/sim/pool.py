@@ -12,16 +12,18 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
 
-from .jobs import BuildCancelled, FrameRendered, JobFailed, SceneBuilt, Stop
+from .jobs import BuildCancelled, FrameRendered, JobFailed, SceneBuilt, Stop, WarmedUp, WarmUp
 from .render import RenderConfig
 from .worker import serve
 
 log = logging.getLogger("sim.pool")
 
 STOP_TIMEOUT_S = 3.0  # a worker that has not exited this long after Stop is killed
+START_TIMEOUT_S = 120.0  # a worker that has not answered WarmUp this long fails the engine start
 
 
 class SimWorkerError(RuntimeError):
@@ -41,6 +43,7 @@ class RenderPool:
         self.frames: dict[int, FrameRendered] = {}  # job_id -> reply, until collected
         self.built: dict[int, tuple[SceneBuilt, int, int]] = {}  # build_id -> (reply, memfd, worker)
         self.cancelled: set[int] = set()  # build ids whose cancellation the worker confirmed
+        self.warmed: set[int] = set()  # workers that answered WarmUp
         self.load = [0] * workers  # frames sent to each worker and not yet answered
 
     def start(self) -> None:
@@ -53,6 +56,18 @@ class RenderPool:
             self.procs.append(proc)
             self.conns.append(parent)
         log.info("started %d sim render workers (pids %s)", self.size, [p.pid for p in self.procs])
+
+    def warm_up(self, width: int, height: int) -> None:
+        """Wait until every worker runs and has the level ray grid of width x height."""
+        for i in range(self.size):
+            self.send(i, WarmUp(width=width, height=height))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while len(self.warmed) < self.size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SimWorkerError(f"sim render workers {sorted(set(range(self.size)) - self.warmed)} did not "
+                                     f"start within {START_TIMEOUT_S:.0f} s")
+            self.pump(min(left, 1.0))
 
     @property
     def pids(self) -> list[int]:
@@ -94,6 +109,8 @@ class RenderPool:
             self.built[msg.build_id] = (msg, recv_handle(conn), worker)
         elif isinstance(msg, BuildCancelled):
             self.cancelled.add(msg.build_id)
+        elif isinstance(msg, WarmedUp):
+            self.warmed.add(worker)
         elif isinstance(msg, JobFailed):
             raise SimWorkerError(f"sim render worker {worker} (pid {self.procs[worker].pid}) failed job "
                                  f"{msg.job_id}: {msg.message}")

@@ -22,7 +22,7 @@ from inference.engine.frames import encode_jpeg
 from .camera import Camera, session_camera
 from .jobs import (
     AttachScene, BuildCancelled, BuildScene, CancelBuild, DropScene, FrameRendered, JobFailed, RenderFrame,
-    SceneBuilt, Stop,
+    SceneBuilt, Stop, WarmedUp, WarmUp,
 )
 from .render import RenderConfig, render_view
 from .scene import Scene
@@ -69,6 +69,9 @@ class RenderWorker:
     def handle(self, msg) -> None:
         if isinstance(msg, RenderFrame):
             self.conn.send(self.render_frame(msg))
+        elif isinstance(msg, WarmUp):
+            self._camera(msg.width, msg.height).grid(0.0)
+            self.conn.send(WarmedUp(pid=os.getpid()))
         elif isinstance(msg, BuildScene):
             self.builds[msg.build_id] = (msg, self._build(msg))
         elif isinstance(msg, CancelBuild):

@@ -156,3 +156,16 @@ def test_workers_exit_when_the_engine_process_is_killed():
         proc.kill()
         proc.wait()
     assert not wait_gone(pids), "render workers outlived their engine"
+
+
+def test_engine_flag_sets_the_worker_count():
+    """--sim-workers and --jpeg-quality reach the sim engine; without the flag it is one worker per CPU."""
+    from inference.engine.__main__ import build_engine, parse_args
+
+    engine = build_engine(parse_args(["--endpoint", "tcp://127.0.0.1:1", "--sim-workers", "0",
+                                      "--jpeg-quality", "70"]), None)
+    assert engine.workers == 0 and engine.jpeg_quality == 70
+    default = build_engine(parse_args(["--endpoint", "tcp://127.0.0.1:1"]), None)
+    assert default.workers == len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="-1"):
+        SimEngine(workers=-1)
