@@ -1,10 +1,12 @@
 """Save sim frames of fixed poses as PNGs, or compare two such folders (PSNR, max difference).
 
     python bench/sim_screens.py save artifacts/sim/before
-    python bench/sim_screens.py compare artifacts/sim/before artifacts/sim/after
+    python bench/sim_screens.py save --workers 2 artifacts/sim/after-workers
+    python bench/sim_screens.py compare artifacts/sim/before artifacts/sim/after-workers
 
 `save` renders every (prompt, seed, size, pose) case below with the in-process
-renderer; `compare` prints per-image PSNR (inf when identical) and the largest
+renderer, or with `--workers N` through a SimEngine's render workers (raw
+pixels, not JPEG); `compare` prints per-image PSNR (inf when identical) and the largest
 channel difference, so a renderer change can be checked for what it did to the picture.
 """
 
@@ -20,7 +22,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.sim import Scene, Terrain, look_from_prompt, render_view  # noqa: E402
+from inference.engine.base import SessionSpec  # noqa: E402
+from inference.sim import Scene, SimEngine, Terrain, look_from_prompt, render_view  # noqa: E402
 from inference.sim.camera import session_camera  # noqa: E402
 
 PROMPTS = ("", "snowy forest at sunset", "desert at night", "misty lake at dawn")
@@ -69,6 +72,23 @@ def save(folder: Path, seed: int) -> None:
     print(f"saved {len(list(folder.glob('*.png')))} pictures in {folder}")
 
 
+def save_from_workers(folder: Path, seed: int, workers: int) -> None:
+    """The same pictures rendered by a SimEngine's render workers (raw pixels over the pipe)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    engine = SimEngine(workers=workers)
+    engine.warm_up()
+    try:
+        for name, prompt, (w, h), p in cases(seed):
+            engine.open_session(SessionSpec(session_id=name, prompt=prompt, seed=seed, width=w, height=h))
+            entry = engine.session(name).entry
+            ((data,), _), = engine.worlds.render([(entry, w, h, p[None])], quality=None)
+            Image.fromarray(np.frombuffer(data, np.uint8).reshape(h, w, 3)).save(folder / f"{name}.png")
+            engine.close_session(name)
+    finally:
+        engine.close()
+    print(f"saved {len(list(folder.glob('*.png')))} pictures from {workers} render workers in {folder}")
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
@@ -91,11 +111,14 @@ def main() -> None:
     s = sub.add_parser("save")
     s.add_argument("folder", type=Path)
     s.add_argument("--seed", type=int, default=3)
+    s.add_argument("--workers", type=int, default=0, help="render through a SimEngine with this many workers")
     c = sub.add_parser("compare")
     c.add_argument("before", type=Path)
     c.add_argument("after", type=Path)
     args = ap.parse_args()
-    if args.cmd == "save":
+    if args.cmd == "save" and args.workers > 1:
+        save_from_workers(args.folder, args.seed, args.workers)
+    elif args.cmd == "save":
         save(args.folder, args.seed)
     else:
         compare(args.before, args.after)
