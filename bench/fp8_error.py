@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +35,9 @@ from inference.models.fp8 import quantize_blocks, weight_bytes  # noqa: E402
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 from inference.tools.memory_plan import GIB, Deployment, MemoryPlan  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lingbot_fast_tiny"
+# the shared cam set: $FIXTURES_DIR/lingbot_fast_tiny, else ../shared/fixtures beside the repo (as the tests look)
+FIXTURE = Path(os.environ.get("FIXTURES_DIR") or Path(__file__).resolve().parents[2] / "shared" / "fixtures") \
+    / "lingbot_fast_tiny"
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

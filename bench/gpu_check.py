@@ -24,6 +24,7 @@ Writes artifacts/gpu_check-<time>.json (every stage's figures) and prints one ta
 from __future__ import annotations
 
 import argparse
+import os
 import gc
 import json
 import signal
@@ -42,7 +43,9 @@ from bench.gpu_stages import (CheckRun, StageFailed, StageSkipped, attention_bac
 from inference.models.attention import _import_errors, backend_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO.parent / "shared" / "fixtures" / "lingbot_fast_tiny"
+# the shared cam set: $FIXTURES_DIR/lingbot_fast_tiny, else ../shared/fixtures beside the repo (as the tests look)
+FIXTURE = Path(os.environ.get("FIXTURES_DIR") or Path(__file__).resolve().parents[2] / "shared" / "fixtures") \
+    / "lingbot_fast_tiny"
 
 
 class StageTimeout(Exception):

@@ -8,9 +8,10 @@ weights; with `--layers N` < 40 it builds N blocks and scales the DiT time
 and FLOPs to 40 layers (said in the output). Fills the KV window (window
 mode, `window` latent frames with `sink` pinned), then times whole chunks:
 4 denoising steps + the t=0 cache update, with CUDA events after warm-up.
-Then the real Wan2.1 VAE (random weights, bf16): streaming decode of one
-steady-state chunk (3 latents -> 12 frames) and the condition encode of
-12 black frames. Prints ms, achieved TFLOP/s, the fraction of the chip's
+The time embedding, time projection and head stay float32, as in the
+engine. Then the real Wan2.1 VAE (random weights, float32 as the engine
+loads it): streaming decode of one steady-state chunk (3 latents -> 12
+frames) and the condition encode of 12 black frames. Prints ms, achieved TFLOP/s, the fraction of the chip's
 dense bf16 peak (table below, keyed by GPU name), attention backend, and
 peak memory.
 
@@ -70,7 +71,7 @@ def random_dit(config: DiTConfig, device: torch.device, dtype: torch.dtype) -> C
     """The DiT shape with N(0, 0.02) weights (norm weights 1), built directly on the device."""
     with torch.device("meta"):
         model = CausalDiT(config)
-    model = model.to(dtype).to_empty(device=device)  # allocated once, already in dtype
+    model = model.to(dtype).keep_islands_float32().to_empty(device=device)  # allocated once, in the engine's dtypes
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or ".norm3." in name:
@@ -143,8 +144,8 @@ def time_dit(args, config, device, dtype, width, height) -> tuple[CausalDiT, flo
 
 
 @torch.no_grad()
-def time_vae(vae_config, device, dtype, width, height, iters) -> tuple[float, float]:
-    vae = WanVAE(vae_config).to(device=device, dtype=dtype).eval()
+def time_vae(vae_config, device, width, height, iters) -> tuple[float, float]:
+    vae = WanVAE(vae_config).to(device=device, dtype=torch.float32).eval()  # the engine's VAE dtype on every device
     h, w = height // 8, width // 8
     decoder, encoder, clock = StreamingDecoder(vae), StreamingEncoder(vae), Clock(device)
     decoder.decode_chunk(torch.randn(1, 16, 3, h, w, device=device))  # first chunk (1 + 4 + 4 frames)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no peak on record for {name!r}: fraction of peak not computed")
     del dit
     if not args.skip_vae:
-        decode_ms, encode_ms = time_vae(vae_config, device, dtype, width, height, args.iters)
+        decode_ms, encode_ms = time_vae(vae_config, device, width, height, args.iters)
         print(f"VAE steady chunk decode (3 latents -> 12 frames): {decode_ms:.1f} ms; condition encode of 12 "
               f"black frames (only until the condition reaches its steady state): {encode_ms:.1f} ms")
         print(f"chunk = 12 frames = {12 / 16 * 1000:.0f} ms of video at 16 fps; DiT + decode "

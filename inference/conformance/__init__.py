@@ -64,6 +64,15 @@ class Fixture:
             raise FileNotFoundError(f"{meta} not found: {self.root} is not a fixture set")
         self.meta = json.loads(meta.read_text())
 
+    @property
+    def control_type(self) -> str:
+        """The DiT's control type (`cam` or `act`, from transformer/config.json); every group follows it."""
+        config = json.loads(self.path("transformer/config.json").read_text())
+        kind = config.get("control_type", "cam")  # the reference's default
+        if kind not in ("cam", "act"):
+            raise ValueError(f"{self.root}: transformer/config.json control_type {kind!r}, expected 'cam' or 'act'")
+        return kind
+
     def path(self, rel: str) -> Path:
         p = self.root / rel
         if not p.exists():

@@ -3,6 +3,9 @@
 Each stage is fed the fixture's own input for that stage (so one wrong
 stage fails alone); `camera/c2ws_plucker_emb_from_keys` then runs the whole
 chain from the action string. Sizes come from the set's fixture_meta.json.
+Every stage follows the set's control type: `act` sets get ray directions
+plus the W/A/S/D state of every fourth frame (`camera/wasd_action_sub`),
+`cam` sets ray origins plus directions.
 """
 
 from __future__ import annotations
@@ -39,10 +42,22 @@ def trajectory(keys: np.ndarray) -> np.ndarray:
     return np.concatenate([np.eye(4)[None], CameraRig().advance(keys)])
 
 
+def condition_from_keys(fixture: Fixture) -> np.ndarray:
+    """The whole clip's camera condition (1, C, L, h, w) from the set's action string alone, in its control type."""
+    meta = fixture.meta["camera"]
+    keys = action_string_keys(meta["action_string"])
+    intrinsics = fixture.arrays("camera.safetensors")["intrinsics_480x832"]
+    return camera.clip_camera_condition(trajectory(keys), intrinsics, int(meta["h"]), int(meta["w"]),
+                                        frame_num=int(meta["frame_num_arg"]),
+                                        chunk_size=int(fixture.meta.get("rollout", {}).get("chunk_size", 3)),
+                                        wasd=keys[:, :4] if fixture.control_type == "act" else None)
+
+
 def run(fixture: Fixture) -> Iterator[Check]:
     meta = fixture.meta["camera"]
     h, w = int(meta["h"]), int(meta["w"])
     chunk = int(fixture.meta.get("rollout", {}).get("chunk_size", 3))
+    act = fixture.control_type == "act"
     ref = fixture.arrays("camera.safetensors")
 
     keys = action_string_keys(meta["action_string"])
@@ -64,11 +79,13 @@ def run(fixture: Fixture) -> Iterator[Check]:
     yield compare("camera/c2ws_interp", interp, ref["c2ws_interp"], **F32)
     rel = camera.relative_poses(ref["c2ws_interp"])
     yield compare("camera/c2ws_rel", rel, ref["c2ws_rel"], **F32)
-    per_pixel = camera.plucker_rays(ref["c2ws_rel"], ref["Ks"], h, w)
+    per_pixel = camera.plucker_rays(ref["c2ws_rel"], ref["Ks"], h, w, directions_only=act)
+    if act:
+        states = camera.latent_wasd(ref["keys_wasdijkl"][:, :4], frames, len(times))
+        yield compare("camera/wasd_action_sub", states, ref["wasd_action_sub"], atol=0, rtol=0)
+        per_pixel = camera.act_pixels(per_pixel, ref["wasd_action_sub"])
     yield compare("camera/c2ws_plucker_emb", camera.fold_pixel_blocks(per_pixel),
-                  ref["c2ws_plucker_emb"], **F32)
+                  ref["c2ws_plucker_emb"], **F32, note=f"control_type {fixture.control_type}")
 
-    end_to_end = camera.clip_camera_condition(trajectory(keys), ref["intrinsics_480x832"], h, w,
-                                              frame_num=int(meta["frame_num_arg"]), chunk_size=chunk)
-    yield compare("camera/c2ws_plucker_emb_from_keys", end_to_end, ref["c2ws_plucker_emb"], **F32,
+    yield compare("camera/c2ws_plucker_emb_from_keys", condition_from_keys(fixture), ref["c2ws_plucker_emb"], **F32,
                   note=f"lat_f {int(meta['lat_f'])}")

@@ -1,4 +1,9 @@
-"""DiT conformance: replay every stored DiT call of rollout.safetensors, then a free-running rollout."""
+"""DiT conformance: replay every stored DiT call of rollout.safetensors, then free-running rollouts.
+
+The second rollout takes its camera condition from the set's action string
+(our camera path, in the set's control type) instead of the stored one, so
+keys -> condition -> DiT -> latents is checked end to end.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from inference.conformance import Check, Fixture, compare
+from inference.conformance.camera import condition_from_keys
 from inference.models.checkpoint import load_dit_checkpoint
 from inference.models.dit import CausalDiT
 from inference.models.kv_cache import DiTCache
@@ -44,10 +50,13 @@ def new_session(model: CausalDiT, run: RolloutFile) -> DiTCache:
 
 
 def call(model: CausalDiT, cache: DiTCache, run: RolloutFile, chunk: int, x: torch.Tensor,
-         t: torch.Tensor) -> torch.Tensor:
-    """One DiT call of the rollout for chunk `chunk` with latent x (16, F, h, w) and timestep t (1,)."""
-    out = model(x[None], run[f"chunk{chunk}/y"][None], t, run[f"chunk{chunk}/c2ws_plucker_emb"],
-                cache, start_frames=[run.start_frame(chunk)])
+         t: torch.Tensor, control: torch.Tensor | None = None) -> torch.Tensor:
+    """One DiT call of the rollout for chunk `chunk` with latent x (16, F, h, w) and timestep t (1,).
+
+    control (1, C, F, h, w) defaults to the chunk's stored camera condition.
+    """
+    control = run[f"chunk{chunk}/c2ws_plucker_emb"] if control is None else control
+    out = model(x[None], run[f"chunk{chunk}/y"][None], t, control, cache, start_frames=[run.start_frame(chunk)])
     return out[0]
 
 
@@ -102,22 +111,26 @@ def replay_checks(model: CausalDiT, sampler: FlowMatchSampler, run: RolloutFile)
                           note="all layers")
 
 
-def free_running_checks(model: CausalDiT, sampler: FlowMatchSampler, run: RolloutFile) -> Iterator[Check]:
-    """Our sampler + DiT from the seed alone, compared with the reference's latents."""
+def free_running_checks(model: CausalDiT, sampler: FlowMatchSampler, run: RolloutFile,
+                        controls: list[torch.Tensor] | None = None, name: str = "x0_latents") -> Iterator[Check]:
+    """Our sampler + DiT from the seed alone (camera condition per chunk: `controls` or the stored one)."""
     generator = torch.Generator().manual_seed(int(run["noise_seed"]))
     noise = torch.randn(run["noise_init"].shape, generator=generator)
-    yield compare("dit/rollout/noise_init", noise, run["noise_init"], atol=0, rtol=0)
+    if controls is None:
+        yield compare("dit/rollout/noise_init", noise, run["noise_init"], atol=0, rtol=0)
     cache = new_session(model, run)
     chunks = []
     for c, x in enumerate(noise.split(run.chunk_size, dim=1)):
+        control = None if controls is None else controls[c]
         for s in range(run.num_steps):
-            flow = call(model, cache, run, c, x, sampler.timestep(s, 1))
+            flow = call(model, cache, run, c, x, sampler.timestep(s, 1), control)
             x0 = sampler.to_x0(s, x, flow)
             if s < run.num_steps - 1:
                 x = sampler.renoise_from(s + 1, x0, generator)
         chunks.append(x0)
-        call(model, cache, run, c, x0, torch.zeros(1))
-    yield compare("dit/rollout/x0_latents", torch.cat(chunks, dim=1), run["x0_latents"], **ROLLOUT_TOL)
+        call(model, cache, run, c, x0, torch.zeros(1), control)
+    source = "" if controls is None else f"{model.config.control_type} condition from the action string"
+    yield compare(f"dit/rollout/{name}", torch.cat(chunks, dim=1), run["x0_latents"], **ROLLOUT_TOL, note=source)
 
 
 def run(fixture: Fixture, *, ctx=None, options=None) -> Iterator[Check]:
@@ -136,3 +149,5 @@ def run(fixture: Fixture, *, ctx=None, options=None) -> Iterator[Check]:
         yield from schedule_checks(sampler, rollout)
         yield from replay_checks(model, sampler, rollout)
         yield from free_running_checks(model, sampler, rollout)
+        from_keys = torch.from_numpy(condition_from_keys(fixture)).split(rollout.chunk_size, dim=2)
+        yield from free_running_checks(model, sampler, rollout, list(from_keys), "x0_latents_from_keys")

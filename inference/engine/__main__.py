@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--front-pid", type=int, default=0,
                     help="exit when this process (the front) is gone, even when torchrun sits in between")
     ap.add_argument("--chunk-frames", type=int, default=4, help="sim: video frames per chunk")
+    ap.add_argument("--sim-workers", type=int, default=None,
+                    help="sim: render worker processes (default: one per CPU; 0 or 1: render in-process)")
     ap.add_argument("--model-dir", default="", help="lingbot-fast: checkpoint folder")
     ap.add_argument("--jpeg-quality", type=int, default=85)
     ap.add_argument("--kv-window", type=int, default=None,
@@ -68,6 +70,8 @@ def build_engine(args: argparse.Namespace, ctx):
     skip the VAE decode (their frames would be thrown away).
     """
     options: dict = {}
+    if args.engine == "sim":
+        options = {"workers": args.sim_workers, "jpeg_quality": args.jpeg_quality}
     if args.engine == "lingbot-fast":
         if args.weights == "fp8" and args.dit_fsdp:
             raise ValueError("--weights fp8 with --dit-fsdp: fp8 DiT weights are not sharded; drop one of them")

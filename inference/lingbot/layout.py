@@ -116,7 +116,7 @@ def read_dit_config(model_dir: Path) -> DiTConfig:
 def load_models(model_dir: str | Path, *, device: torch.device, dtype: torch.dtype,
                 progress: bool | None = None, weights: str = "bf16",
                 t5_device: torch.device | str | None = None) -> LingbotModels:
-    """Load DiT, VAE and umT5 + tokenizer straight onto device/dtype; clear errors on missing files.
+    """Load DiT and umT5 + tokenizer straight onto device/dtype (the VAE in float32); clear errors on missing files.
 
     weights='fp8' stores the DiT blocks' linear weights as float8 (inference/models/fp8.py) right after
     loading; t5_device (e.g. 'cpu') keeps the text encoder off the DiT's device (slower prompt changes).
@@ -131,7 +131,8 @@ def load_models(model_dir: str | Path, *, device: torch.device, dtype: torch.dty
         raise ModelFolderError(str(exc)) from exc
     if weights == "fp8":
         quantize_blocks(dit, dit.blocks)
-    vae = load_vae(model_dir / VAE_FILE, device=device, dtype=dtype, config=read_vae_config(model_dir),
+    # The VAE stays float32 on every device, as the reference's VAE wrapper keeps it (bf16 costs decode fidelity).
+    vae = load_vae(model_dir / VAE_FILE, device=device, dtype=torch.float32, config=read_vae_config(model_dir),
                    model_dir=model_dir)
     t5_config = read_t5_config(model_dir)
     if t5_config.dim != dit.config.text_dim:

@@ -234,13 +234,19 @@ def clip_camera_condition(c2ws: np.ndarray, intrinsics, height: int, width: int,
     rel = relative_poses(interpolate_poses(c2ws[:frames], times))
     if wasd is None:
         return fold_pixel_blocks(plucker_rays(rel, ks, height, width))
-    states = np.asarray(wasd, dtype=np.float32)[:frames:FRAMES_PER_LATENT][:len(times)]  # (L, 4)
-    if states.shape != (len(times), 4):
-        raise ValueError(f"wasd gives {states.shape} latent states: expected ({len(times)}, 4)")
-    return fold_pixel_blocks(_act_pixels(plucker_rays(rel, ks, height, width, directions_only=True), states))
+    states = latent_wasd(wasd, frames, len(times))
+    return fold_pixel_blocks(act_pixels(plucker_rays(rel, ks, height, width, directions_only=True), states))
 
 
-def _act_pixels(directions: np.ndarray, states: np.ndarray) -> np.ndarray:
+def latent_wasd(wasd: np.ndarray, frame_num: int, latents: int) -> np.ndarray:
+    """(N, 4) W/A/S/D per video frame -> (latents, 4) float32: rows 0, 4, 8, ... of the first frame_num frames."""
+    states = np.asarray(wasd, dtype=np.float32)[:frame_num:FRAMES_PER_LATENT][:latents]
+    if states.shape != (latents, 4):
+        raise ValueError(f"wasd gives {states.shape} latent states: expected ({latents}, 4)")
+    return states
+
+
+def act_pixels(directions: np.ndarray, states: np.ndarray) -> np.ndarray:
     """(F, h, w, 3) directions + (F, 4) W/A/S/D states -> (F, h, w, 7)."""
     frames, height, width, _ = directions.shape
     broadcast = np.broadcast_to(states[:, None, None, :], (frames, height, width, 4))

@@ -73,7 +73,8 @@ def clip(names: list[str], limit: int = 8) -> str:
 
 def load_dit_checkpoint(directory: str | Path, *, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.bfloat16, progress: bool | None = None) -> CausalDiT:
-    """Build the DiT on the meta device and fill it shard by shard, straight onto `device` in `dtype`.
+    """Build the DiT on the meta device and fill it shard by shard, straight onto `device` in `dtype`
+    (time embedding, time projection and head in float32: `CausalDiT.storage_dtype`).
 
     Each tensor is read lazily from its safetensors file, cast, and assigned
     in place of the meta parameter, so the weights exist once on the target.
@@ -116,7 +117,8 @@ def load_file_into(model: CausalDiT, path: Path, names: Iterable[str], device: t
                                       f"expects {tuple(expected[name].shape)}; config.json and weights disagree")
             if bar is not None:
                 bar.update(tensor.numel() * tensor.element_size())
-            loaded[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            target = model.storage_dtype(name, dtype) if tensor.is_floating_point() else tensor.dtype
+            loaded[name] = tensor.to(device=device, dtype=target)
         model.load_state_dict(loaded, strict=False, assign=True)
 
 

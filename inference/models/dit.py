@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.models.config import DiTConfig
-from inference.models.dit_blocks import DiTBlock, Head, run_in_weight_dtype
+from inference.models.dit_blocks import DiTBlock, FloatLinear, Head, run_in_weight_dtype
 from inference.models.kv_cache import DiTCache, SelfAttentionCache, TextCache, slot_rows
 from inference.models.rope import RotaryTables
 from inference.models.sequence import LOCAL, LocalSequence
 
 CONDITION_CHANNELS_I2V = 20  # 4 mask + 16 image latent
+# Kept and run in float32 whatever the load dtype (the reference's float32 autocast regions).
+FLOAT32_MODULES = ("time_embedding", "time_projection", "head")
 
 
 def sinusoidal_embedding(freq_dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -39,8 +41,8 @@ class CausalDiT(nn.Module):
         self.c2ws_hidden_states_layer2 = nn.Linear(dim, dim)
         self.text_embedding = nn.Sequential(
             nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
-        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.time_embedding = nn.Sequential(FloatLinear(config.freq_dim, dim), nn.SiLU(), FloatLinear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), FloatLinear(dim, dim * 6))
         self.blocks = nn.ModuleList(
             DiTBlock(dim, config.ffn_dim, config.num_heads, config.qk_norm, config.cross_attn_norm, config.eps)
             for _ in range(config.num_layers))
@@ -53,6 +55,17 @@ class CausalDiT(nn.Module):
         self.sequence = sequence
         for block in self.blocks:
             block.self_attn.sequence = sequence
+
+    @staticmethod
+    def storage_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+        """The dtype parameter `name` is stored in when the model is loaded in `dtype` (float32 islands stay)."""
+        return torch.float32 if name.split(".", 1)[0] in FLOAT32_MODULES else dtype
+
+    def keep_islands_float32(self) -> "CausalDiT":
+        """Return the float32 islands to float32 after a wholesale cast such as `.to(torch.bfloat16)`."""
+        for name in FLOAT32_MODULES:
+            getattr(self, name).float()
+        return self
 
     def rebuild_buffers(self, device: torch.device | str) -> None:
         """Recompute the non-persistent RoPE tables (needed after building on the meta device)."""
@@ -136,9 +149,8 @@ class CausalDiT(nn.Module):
             raise ValueError(f"latent grid {grid} gives {frame_seqlen} tokens per frame; "
                              f"the cache was built for {cache.self_kv.frame_seqlen}")
         rope = self.rope.for_grid(grid, start_frames)  # before the cache moves: a limit error leaves it intact
-        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(tokens.device)).to(
-            self.time_embedding[0].weight.dtype)).float()  # (B, dim)
-        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float().unflatten(1, (6, -1))
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(tokens.device)).float())  # (B, dim)
+        e0 = self.time_projection(e).unflatten(1, (6, -1))  # (B, 6, dim) float32
         camera = None if control is None else self.embed_control(control)
         length = tokens.shape[1]
         plan = cache.self_kv.plan(slots, [s * frame_seqlen for s in start_frames], length)

@@ -35,6 +35,15 @@ class FloatLayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
 
 
+class FloatLinear(nn.Linear):
+    """Linear evaluated in float32 whatever the weight dtype: the reference runs the time embedding, time
+    projection and head under float32 autocast, and their outputs scale every block's residual stream."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias)
+
+
 def layer_norm(dim: int, eps: float, affine: bool) -> FloatLayerNorm:
     return FloatLayerNorm(dim, eps=eps, elementwise_affine=affine)
 
@@ -143,10 +152,10 @@ class Head(nn.Module):
     def __init__(self, dim: int, out_dim: int, patch_volume: int, eps: float):
         super().__init__()
         self.norm = layer_norm(dim, eps, affine=False)
-        self.head = nn.Linear(dim, patch_volume * out_dim)
+        self.head = FloatLinear(dim, patch_volume * out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x (B, L, dim) float32, e (B, dim) float32 -> (B, L, patch_volume * out_dim) float32."""
         shift, scale = (self.modulation.float() + e.unsqueeze(1)).unsqueeze(2).unbind(1)  # (B, 1, dim) each
-        return run_in_weight_dtype(self.head, self.norm(x) * (1 + scale) + shift).float()
+        return self.head(self.norm(x) * (1 + scale) + shift)

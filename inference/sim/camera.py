@@ -98,6 +98,10 @@ class Camera:
         v = (np.arange(self.height, dtype=np.float64) + 0.5 - self.cy) / self.fy
         self._u, self._v = np.meshgrid(u, v)  # (H, W) camera-plane coordinates
 
+    def has_grid(self, pitch: float) -> bool:
+        """Whether the ray grid for `pitch` is already built."""
+        return round(pitch, 7) in self._grids
+
     def grid(self, pitch: float) -> RayGrid:
         """The ray grid for `pitch` radians (cached; poses from the controls repeat pitches)."""
         key = round(pitch, 7)

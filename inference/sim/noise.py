@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import numpy as np
+
+Slices = Generator[None, None, np.ndarray]  # work that yields between slices, returning an array
+
+
+def finish(work: Generator):
+    """Run sliced work to the end and return its value."""
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value
 
 
 def _catmull_rom_weights(frac: np.ndarray) -> np.ndarray:
@@ -57,21 +70,36 @@ def upsample(field: np.ndarray, size: int) -> np.ndarray:
 def fbm(rng: np.random.Generator, size: int, first_cells: int, octaves: int,
         gain: float = 0.5) -> np.ndarray:
     """Fractal sum of value noise octaves, normalised to about [0, 1]; (size, size) float32."""
+    return finish(fbm_slices(rng, size, first_cells, octaves, gain))
+
+
+def fbm_slices(rng: np.random.Generator, size: int, first_cells: int, octaves: int,
+               gain: float = 0.5) -> Slices:
+    """`fbm`, yielding after every full-resolution octave."""
     total = None
     amp, norm, cells = 1.0, 0.0, first_cells
     for _ in range(octaves):
         res = _coarse_size(size, cells)
         layer = amp * value_noise(rng, min(cells, res), res)
         total = layer if total is None else upsample(total, res) + layer
+        if res == size:
+            yield
         norm += amp
         amp *= gain
         cells *= 2
+    yield
     return (upsample(total, size) / norm).astype(np.float32)
 
 
 def ridged(rng: np.random.Generator, size: int, first_cells: int, octaves: int,
            gain: float = 0.5) -> np.ndarray:
     """Ridged multifractal (sharp crests, each octave weighted by the one before); (size, size) in [0, 1]."""
+    return finish(ridged_slices(rng, size, first_cells, octaves, gain))
+
+
+def ridged_slices(rng: np.random.Generator, size: int, first_cells: int, octaves: int,
+                  gain: float = 0.5) -> Slices:
+    """`ridged`, yielding after every full-resolution octave."""
     total, weight = None, None
     amp, norm, cells = 1.0, 0.0, first_cells
     for _ in range(octaves):
@@ -82,9 +110,12 @@ def ridged(rng: np.random.Generator, size: int, first_cells: int, octaves: int,
             crest *= upsample(weight, res)
         total = amp * crest if total is None else upsample(total, res) + amp * crest
         weight = np.clip(crest * 2.0, 0.0, 1.0)
+        if res == size:
+            yield
         norm += amp
         amp *= gain
         cells *= 2
+    yield
     return (upsample(total, size) / norm).astype(np.float32)
 
 

@@ -20,6 +20,9 @@ from .scene import Scene
 from .sky import haze_colour, rgb, sky_colour, sun_angles
 
 
+BAND_ROWS = 32  # ground grid rows shaded at once: the temporaries stay in a core's L2 cache
+
+
 @dataclass(kw_only=True)
 class RenderConfig:
     """World scale and detail."""
@@ -64,12 +67,12 @@ def eye_position(scene: Scene, pose: np.ndarray,
     under the camera, so walking forward climbs hills.
     """
     cp = decompose_pose(pose)
-    terrain = scene.terrain
+    land = scene.ground
     mx, mz = cp.x * cfg.metres_per_unit, cp.z * cfg.metres_per_unit
-    ground = max(terrain.ground_height(mx, mz), scene.water_level)
+    ground = max(land.ground_height(mx, mz), scene.water_level)
     eye = ground + cfg.eye_height_m - cp.y * cfg.metres_per_unit
-    period = terrain.config.size * terrain.config.cell_m
-    return cp, (mx + terrain.origin[0]) % period, eye, (mz + terrain.origin[1]) % period
+    period = land.config.size * land.config.cell_m
+    return cp, (mx + land.origin[0]) % period, eye, (mz + land.origin[1]) % period
 
 
 def render_view(scene: Scene, camera: Camera, pose: np.ndarray, *, with_depth: bool = False,
@@ -94,15 +97,17 @@ def render_view(scene: Scene, camera: Camera, pose: np.ndarray, *, with_depth: b
     depth = np.full((grid.n_el, grid.n_az), np.inf, np.float32) if with_depth else None
     if sky_from < grid.n_el:
         _fill_sky(fr, out, sky_from)
-    if ground_rows > 0:
-        colour, dist = _shade_ground(fr, ground, haze, ground_rows)
-        seen = ground.hit[:ground_rows] < k_count
-        below_sky = min(sky_from, ground_rows)
-        out[:, :below_sky] = colour[:, :below_sky]  # rows without sky anywhere: all ground
-        np.copyto(out[:, below_sky:ground_rows], colour[:, below_sky:], where=seen[below_sky:])
+    below_sky = min(sky_from, ground_rows)  # rows without sky anywhere: all ground
+    for lo in range(0, ground_rows, BAND_ROWS):
+        hi = min(lo + BAND_ROWS, ground_rows)
+        colour, dist = _shade_ground(fr, ground, haze, lo, hi)
+        seen = ground.hit[lo:hi] < k_count
+        split = min(max(below_sky - lo, 0), hi - lo)
+        out[:, lo:lo + split] = colour[:, :split]
+        np.copyto(out[:, lo + split:hi], colour[:, split:], where=seen[split:])
         if depth is not None:
-            ray = dist / np.maximum(np.cos(el[:ground_rows]), 1e-6).astype(np.float32)[:, None]
-            depth[:ground_rows] = np.where(seen, ray, np.inf)
+            ray = dist / np.maximum(np.cos(el[lo:hi]), 1e-6).astype(np.float32)[:, None]
+            depth[lo:hi] = np.where(seen, ray, np.inf)
     rgb = _to_pixels(out, grid.pixel_cell, camera.height, camera.width)
     depth_px = None
     if depth is not None:
@@ -125,18 +130,18 @@ def _fill_sky(fr: _Frame, out: np.ndarray, sky_from: int) -> None:
 
 
 def _shade_ground(fr: _Frame, ground: GroundSamples, haze: np.ndarray,
-                  rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Colour (3, r, A) and horizontal distance (r, A) of the ground in the lowest `rows` rows."""
+                  lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Colour (3, r, A) and horizontal distance (r, A) of the ground in grid rows lo..hi-1."""
     t = ground.t
     k_count, n_az = ground.packed.shape[1:]
-    k = np.minimum(ground.hit[:rows], k_count - 1).astype(np.int32)
+    k = np.minimum(ground.hit[lo:hi], k_count - 1).astype(np.int32)
     kp = np.maximum(k - 1, 0)
     cols = np.arange(n_az, dtype=np.int32)[None]
     flat = ground.packed.reshape(5, -1)
     hit = np.take(flat, k * n_az + cols, axis=1)  # (5, r, A)
     prev = np.take(flat, kp * n_az + cols, axis=1)
     s_prev = prev[0]
-    tan_el = np.tan(fr.el[:rows]).astype(np.float32)[:, None]  # (r, 1)
+    tan_el = np.tan(fr.el[lo:hi]).astype(np.float32)[:, None]  # (r, 1)
     # Where the ray crosses the straight segment from the previous sample to the hit (0..1);
     # at k = 0 the span is 0 and the ray takes the first sample.
     span = hit[0] - s_prev
@@ -155,17 +160,17 @@ def _shade_ground(fr: _Frame, ground: GroundSamples, haze: np.ndarray,
     colour = prev[2:]
     near_rows = np.nonzero(np.any(dist < fr.cfg.detail_fade_m, axis=1))[0]
     if near_rows.size:
-        lo, hi = int(near_rows[0]), int(near_rows[-1]) + 1
-        _add_detail(fr, colour[:, lo:hi], dist[lo:hi])
+        a, b = int(near_rows[0]), int(near_rows[-1]) + 1
+        _add_detail(fr, colour[:, a:b], dist[a:b])
     ray_h = np.float32(fr.eye) + tan_el * dist  # height where the ray meets the ground
-    _add_water(fr, prev, ray_h, haze)
+    _add_water(fr, prev, ray_h, haze, lo)
     return colour, dist
 
 
-def _add_water(fr: _Frame, cells: np.ndarray, ray_h: np.ndarray, haze: np.ndarray) -> None:
+def _add_water(fr: _Frame, cells: np.ndarray, ray_h: np.ndarray, haze: np.ndarray, row0: int) -> None:
     """Sky reflection and sun glitter on cells whose ray meets the water, in place.
 
-    cells: (5, r, A) interpolated samples (s, haze, r, g, b) of the ground rows; ray_h: (r, A)
+    cells: (5, r, A) interpolated samples (s, haze, r, g, b) of grid rows row0..; ray_h: (r, A)
     height where each ray meets the ground. Wetness comes from that exact height, so
     shorelines are continuous between march samples. Works on the band of rows holding
     water; per-row terms (mirror angle, Fresnel) broadcast along the row.
@@ -179,13 +184,13 @@ def _add_water(fr: _Frame, cells: np.ndarray, ray_h: np.ndarray, haze: np.ndarra
     lo, hi = int(wet_rows[0]), int(wet_rows[-1]) + 1
     band = cells[:, lo:hi]
     wet = np.clip((wl - ray_h[lo:hi]) * 6.0, 0.0, 1.0)  # (b, A)
-    sin_down = np.maximum(-np.sin(fr.el[lo:hi]), 0.0).astype(np.float32)[:, None]  # (b, 1)
+    sin_down = np.maximum(-np.sin(fr.el[row0 + lo:row0 + hi]), 0.0).astype(np.float32)[:, None]  # (b, 1)
     fresnel = 0.03 + 0.97 * power(1.0 - sin_down, 5)
     up = np.sqrt(sin_down)  # (b, 1)
     sky = rgb(look.sky_horizon) * (1 - up) + rgb(look.sky_zenith) * up  # (3, b, 1) in the mirror
     _, sin_s, cos_s = sun_angles(scene)
     cos_g = np.sqrt(1.0 - sin_down * sin_down) * (cos_s * fr.cos_daz)[None] + sin_down * sin_s
-    cos_g = np.maximum(cos_g, 0.0) * _ripples(fr, lo, hi)
+    cos_g = np.maximum(cos_g, 0.0) * _ripples(fr, row0 + lo, row0 + hi)
     g12 = power(cos_g, 12)
     glitter = (power(g12, 10) * 3.0 + g12 * 0.3) * look.sun_strength
     refl = sky + rgb(look.sun_colour) * glitter  # (3, b, A)
@@ -196,7 +201,7 @@ def _add_water(fr: _Frame, cells: np.ndarray, ray_h: np.ndarray, haze: np.ndarra
 
 def _ripples(fr: _Frame, lo: int, hi: int) -> np.ndarray:
     """(hi - lo, A) factor near 1 that breaks the sun's reflection into sparkles."""
-    detail = fr.scene.terrain.detail
+    detail = fr.scene.ground.detail
     m = detail.shape[0]
     row = (np.arange(lo, hi) * 7) % m
     az_bin = np.floor(fr.world_az * 900.0).astype(np.int32) % m
@@ -208,11 +213,11 @@ def _add_detail(fr: _Frame, colour: np.ndarray, dist: np.ndarray) -> None:
 
     colour: (3, r, A) a band of rows; dist: (r, A) their horizontal distances.
     """
-    terrain = fr.scene.terrain
-    detail = terrain.detail.reshape(-1)
-    m = terrain.detail.shape[0]
+    land = fr.scene.ground
+    detail = land.detail.reshape(-1)
+    m = land.detail.shape[0]
     fade_m = fr.cfg.detail_fade_m
-    inv = np.float32(1.0 / terrain.config.detail_cell_m)
+    inv = np.float32(1.0 / land.config.detail_cell_m)
     d = np.minimum(dist, fade_m) * inv
     u = np.float32(fr.x * inv) + d * fr.sin_az[None]  # (r, A) detail texels
     v = np.float32(fr.z * inv) + d * fr.cos_az[None]

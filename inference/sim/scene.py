@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 
 import numpy as np
 
 from .look import Look
-from .noise import smoothstep, upsample
-from .terrain import Terrain
+from .noise import finish, smoothstep, upsample
+from .terrain import Ground, Terrain
 
 SHADOW_STEPS = 48  # texels of the shadow grid searched toward the sun
 SHADOW_SCALE = 4  # the shadow grid is this many times coarser than the height field
@@ -31,17 +32,46 @@ class Scene:
     """Lit colour + height texels with mip levels, sun direction, cloud cover, water level.
 
     Channels are display RGB in [0, 1] (before haze), stored channel-first.
+    `Scene(terrain, look)` paints at once; `Scene.in_slices(terrain, look)` paints the
+    same texels in slices of a few tens of milliseconds; `Scene.from_parts` wraps
+    arrays painted elsewhere (a render worker's shared copy), without the terrain.
     """
 
+    terrain: Terrain | None  # None for a scene rebuilt from its parts
+
     def __init__(self, terrain: Terrain, look: Look, *, levels: int = 6):
-        self.terrain = terrain
+        finish(self._paint_all(terrain, look, levels))
+
+    @classmethod
+    def in_slices(cls, terrain: Terrain, look: Look, *, levels: int = 6) -> Generator[None, None, "Scene"]:
+        """Paint the scene, yielding between slices; returns it (StopIteration.value)."""
+        scene = cls.__new__(cls)
+        yield from scene._paint_all(terrain, look, levels)
+        return scene
+
+    @classmethod
+    def from_parts(cls, *, look: Look, ground: Ground, texels: np.ndarray, levels: list,
+                   cloud: np.ndarray) -> "Scene":
+        """A scene over already painted arrays (see the attributes set in _paint_all)."""
+        scene = cls.__new__(cls)
+        scene._set_look(look)
+        scene.terrain, scene.ground = None, ground
+        scene.texels, scene.levels, scene.cloud = texels, [tuple(lv) for lv in levels], cloud
+        return scene
+
+    def _set_look(self, look: Look) -> None:
         self.look = look
         az, el = math.radians(look.sun_azimuth_deg), math.radians(look.sun_elevation_deg)
         # Sun direction in world (x, up, z).
         self.sun_dir = np.array([math.cos(el) * math.sin(az), math.sin(el),
                                  math.cos(el) * math.cos(az)], np.float32)
         self.water_level = float(look.water_level_m)
-        level0 = self._paint(terrain, look)  # (4, n, n): height, r, g, b
+
+    def _paint_all(self, terrain: Terrain, look: Look, levels: int) -> Generator[None, None, None]:
+        self.terrain, self.ground = terrain, terrain.ground
+        self._set_look(look)
+        level0 = yield from self._paint(terrain, look)  # (4, n, n): height, r, g, b
+        yield
         self.levels = []  # (first texel, texels per side, metres per texel)
         mips, offset, cur = [], 0, level0
         for lvl in range(levels):
@@ -58,7 +88,7 @@ class Scene:
         self.cloud = smoothstep(1.0 - look.cloud_cover - 0.08, 1.0 - look.cloud_cover + 0.12,
                                 terrain.cloud).astype(np.float32)  # (m, m) coverage 0..1
 
-    def _paint(self, terrain: Terrain, look: Look) -> np.ndarray:
+    def _paint(self, terrain: Terrain, look: Look) -> Generator[None, None, np.ndarray]:
         h = terrain.height
         ny = terrain.normal[1]
         slope = 1.0 - ny
@@ -72,20 +102,26 @@ class Scene:
         forest *= smoothstep(190.0 + 200 * look.sand_amount, 140.0, h)
         crowns = 0.35 + 1.4 * (terrain.crowns - 0.5) * 2.2 + 0.6 * speck
         ground = _mix(grass, _rgb(look.forest) * np.maximum(crowns, 0.25), forest)
+        yield
         sand = _rgb(look.sand) * (0.92 + 0.16 * speck)
         ground = _mix(ground, sand, np.float32(look.sand_amount))
         beach = smoothstep(wl + 1.8 + 2.0 * patch, wl + 0.3, h) * smoothstep(0.12, 0.04, slope)
         ground = _mix(ground, sand, beach)
+        yield
         rock = _rgb(look.rock) * (0.75 + 0.5 * speck)
         steep = smoothstep(0.28, 0.45, slope + 0.1 * (speck - 0.5))
         steep = np.maximum(steep, smoothstep(200.0, 300.0, h + 60 * patch) * (1 - look.sand_amount))
         ground = _mix(ground, rock, steep)
+        yield
         snow_line = 260.0 - 330.0 * look.snow_amount
         snow = smoothstep(snow_line, snow_line + 25.0, h + 60.0 * (patch - 0.5))
         snow *= smoothstep(0.5, 0.3, slope) * smoothstep(wl, wl + 0.6, h)
         ground = _mix(ground, _rgb(look.snow) * (0.95 + 0.05 * speck), snow)
-        light = self._light(terrain, look)  # (3, n, n)
+        yield
+        shadow = yield from self._shadow(terrain)
+        light = self._light(terrain, look, shadow)  # (3, n, n)
         lit = ground * light
+        yield
         water = h < wl
         depth = np.clip((wl - h) / 12.0, 0.0, 1.0)
         body = _mix(_rgb(look.water_colour) * 1.5, _rgb(look.water_colour), depth)
@@ -96,17 +132,17 @@ class Scene:
         out[1:] = lit
         return out
 
-    def _light(self, terrain: Terrain, look: Look) -> np.ndarray:
+    def _light(self, terrain: Terrain, look: Look, shadow: np.ndarray) -> np.ndarray:
         """Direct sun (with cast shadows) plus sky light on every texel; (3, n, n)."""
         nx, ny, nz = terrain.normal
         sx, sy, sz = self.sun_dir
-        direct = np.maximum(nx * sx + ny * sy + nz * sz, 0.0) * self._shadow(terrain)
+        direct = np.maximum(nx * sx + ny * sy + nz * sz, 0.0) * shadow
         occlusion = np.clip(1.0 + 1.5 * terrain.cavity, 0.55, 1.15)
         sky = (0.55 + 0.45 * ny) * occlusion
         return (_rgb(look.sun_colour) * look.sun_strength * direct
                 + _rgb(look.ambient) * sky)
 
-    def _shadow(self, terrain: Terrain) -> np.ndarray:
+    def _shadow(self, terrain: Terrain) -> Generator[None, None, np.ndarray]:
         """1 where the sun is visible, 0 in cast shadow (soft-edged); (n, n)."""
         n = terrain.config.size
         m = n // SHADOW_SCALE
@@ -124,5 +160,7 @@ class Scene:
             ahead = np.roll(h, (-oz, -ox), axis=(0, 1))
             dist = cell * math.hypot(ox, oz)
             np.maximum(excess, (ahead - h - 4.0) / dist - tan_el, out=excess)
+            if step % 16 == 0:
+                yield
         lit = smoothstep(0.06, 0.0, excess)
         return np.clip(upsample(lit.astype(np.float32), n), 0.0, 1.0)

@@ -85,7 +85,7 @@ def _add_clouds(scene: Scene, sky: np.ndarray, sin_el: np.ndarray, cos_el: np.nd
                 world_az: np.ndarray, cam_xz: tuple[float, float], sun_p6: np.ndarray) -> None:
     """Blend the cloud layer over `sky` in place; sun_p6 brightens clouds near the sun."""
     look = scene.look
-    cfg = scene.terrain.config
+    cfg = scene.ground.config
     cover = scene.cloud
     m = cover.shape[0]
     show = np.clip((sin_el - 0.03) * 6.0, 0.0, 1.0)  # (R,) clouds thin out toward the horizon

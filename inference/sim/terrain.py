@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .noise import fbm, ridged, smoothstep, value_noise
+from .noise import fbm, fbm_slices, finish, ridged_slices, smoothstep, value_noise
 
 # Water never rises above this height in any look, so the spawn point stays dry.
 MAX_WATER_LEVEL_M = 14.0
@@ -40,40 +41,89 @@ def box_blur(a: np.ndarray, radius: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+@dataclass(kw_only=True)
+class Ground:
+    """The part of a terrain the renderer reads: walkable height, close-up texture, spawn offset."""
+
+    config: TerrainConfig
+    origin: tuple[float, float]  # (x, z) metres of the world origin in the tile
+    smooth: np.ndarray  # (n, n) float32 slightly smoothed height the camera walks on
+    detail: np.ndarray  # (d, d) float32 brightness multiplier around 1 for close ground
+
+    def ground_height(self, x_m: float, z_m: float) -> float:
+        """Height in metres of the (slightly smoothed) ground at world position (x, z)."""
+        cfg = self.config
+        n = cfg.size
+        u = (x_m + self.origin[0]) / cfg.cell_m
+        v = (z_m + self.origin[1]) / cfg.cell_m
+        u0, v0 = int(np.floor(u)), int(np.floor(v))
+        fu, fv = u - u0, v - v0
+        s = self.smooth
+        h00 = s[v0 % n, u0 % n]
+        h01 = s[v0 % n, (u0 + 1) % n]
+        h10 = s[(v0 + 1) % n, u0 % n]
+        h11 = s[(v0 + 1) % n, (u0 + 1) % n]
+        return float((h00 * (1 - fu) + h01 * fu) * (1 - fv) + (h10 * (1 - fu) + h11 * fu) * fv)
+
+
 class Terrain:
     """Height (metres), normals, material noise and the spawn point of one seed's world.
 
     Texel (row, col) covers world z = row*cell_m, x = col*cell_m; the tile repeats.
+    `Terrain(seed)` builds it at once; `Terrain.in_slices(seed)` builds the same
+    fields in slices of a few tens of milliseconds (a generator whose return value
+    is the terrain), so an engine can interleave the build with its frames.
     """
 
     def __init__(self, seed: int, config: TerrainConfig | None = None):
-        self.seed = int(seed)
-        self.config = cfg = config or TerrainConfig()
-        n = cfg.size
-        if n & (n - 1):
-            raise ValueError(f"terrain size {n} is not a power of two")
-        # One random stream per field, so changing how one is made leaves the others alone.
-        def stream(tag: int) -> np.random.Generator:
-            return np.random.default_rng([self.seed, 0x51A, tag])
+        self._prepare(seed, config)
+        finish(self._build())
 
-        self.height = self._shape_height(stream(0), n)  # (n, n) metres
+    @classmethod
+    def in_slices(cls, seed: int, config: TerrainConfig | None = None) -> Generator[None, None, "Terrain"]:
+        """Build the terrain, yielding between slices; returns it (StopIteration.value)."""
+        terrain = cls.__new__(cls)
+        terrain._prepare(seed, config)
+        yield from terrain._build()
+        return terrain
+
+    def _prepare(self, seed: int, config: TerrainConfig | None) -> None:
+        self.seed = int(seed)
+        self.config = config or TerrainConfig()
+        if self.config.size & (self.config.size - 1):
+            raise ValueError(f"terrain size {self.config.size} is not a power of two")
+
+    def _stream(self, tag: int) -> np.random.Generator:
+        """One random stream per field, so changing how one is made leaves the others alone."""
+        return np.random.default_rng([self.seed, 0x51A, tag])
+
+    def _build(self) -> Generator[None, None, None]:
+        cfg = self.config
+        n = cfg.size
+        self.height = yield from self._shape_height(self._stream(0), n)  # (n, n) metres
+        yield
         self.normal = self._normals(self.height, cfg.cell_m)  # (3, n, n) x, y(up), z
         self._smooth = box_blur(self.height, 1)  # ground the camera walks on
+        yield
         self.cavity = np.clip((self.height - box_blur(self.height, 4)) * 0.08, -1, 1)
-        self.patch = fbm(stream(1), n, 16, 5)  # meadow/forest patches
-        self.speckle = fbm(stream(2), n, 128, 3)  # small-scale colour variation
-        self.detail = self._detail(stream(3), cfg.detail_size)
-        self.cloud = fbm(stream(4), cfg.cloud_size, 4, 5)
-        self.origin = self._spawn_point(stream(5))  # (x, z) metres of the world origin
+        yield
+        self.patch = yield from fbm_slices(self._stream(1), n, 16, 5)  # meadow/forest patches
+        self.speckle = yield from fbm_slices(self._stream(2), n, 128, 3)  # small-scale colour variation
+        self.detail = self._detail(self._stream(3), cfg.detail_size)
+        yield
+        self.cloud = fbm(self._stream(4), cfg.cloud_size, 4, 5)
+        self.origin = self._spawn_point(self._stream(5))  # (x, z) metres of the world origin
+        yield
         # One random brightness per texel: tree crowns catching or missing the light.
-        self.crowns = box_blur(stream(6).random((n, n), dtype=np.float32), 1)
+        self.crowns = box_blur(self._stream(6).random((n, n), dtype=np.float32), 1)
+        self.ground = Ground(config=cfg, origin=self.origin, smooth=self._smooth, detail=self.detail)
 
-    def _shape_height(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    def _shape_height(self, rng: np.random.Generator, n: int) -> Generator[None, None, np.ndarray]:
         cfg = self.config
-        ranges = smoothstep(0.35, 0.7, fbm(rng, n, 4, 3))  # where mountains rise
-        hills = fbm(rng, n, 16, 6, gain=0.5)
-        mountains = ridged(rng, n, 8, 6, gain=0.55)
-        basins = fbm(rng, n, 4, 3)  # broad lowlands that hold lakes
+        ranges = smoothstep(0.35, 0.7, (yield from fbm_slices(rng, n, 4, 3)))  # where mountains rise
+        hills = yield from fbm_slices(rng, n, 16, 6, gain=0.5)
+        mountains = yield from ridged_slices(rng, n, 8, 6, gain=0.55)
+        basins = yield from fbm_slices(rng, n, 4, 3)  # broad lowlands that hold lakes
         h = cfg.hill_m * (hills - 0.45) * 1.6
         h += cfg.mountain_m * ranges * np.maximum(mountains, 0.0) ** 1.5
         h += 45.0 * (basins - 0.5) * 2.0
@@ -100,18 +150,7 @@ class Terrain:
 
     def ground_height(self, x_m: float, z_m: float) -> float:
         """Height in metres of the (slightly smoothed) ground at world position (x, z)."""
-        cfg = self.config
-        n = cfg.size
-        u = (x_m + self.origin[0]) / cfg.cell_m
-        v = (z_m + self.origin[1]) / cfg.cell_m
-        u0, v0 = int(np.floor(u)), int(np.floor(v))
-        fu, fv = u - u0, v - v0
-        s = self._smooth
-        h00 = s[v0 % n, u0 % n]
-        h01 = s[v0 % n, (u0 + 1) % n]
-        h10 = s[(v0 + 1) % n, u0 % n]
-        h11 = s[(v0 + 1) % n, (u0 + 1) % n]
-        return float((h00 * (1 - fu) + h01 * fu) * (1 - fv) + (h10 * (1 - fu) + h11 * fu) * fv)
+        return self.ground.ground_height(x_m, z_m)
 
     def _spawn_point(self, rng: np.random.Generator) -> tuple[float, float]:
         """A dry, gently sloped spot looking along +z (the start heading) at hills and water."""

@@ -140,21 +140,24 @@ def by_repr(fn):
 
 
 @by_repr
-def dit_parameter_split(config: DiTConfig) -> tuple[int, int, int, int]:
-    """(fp8-able linear weight elements, their output channels, other elements, elements of one block)."""
-    from inference.models.dit import CausalDiT
+def dit_parameter_split(config: DiTConfig) -> tuple[int, int, int, int, int]:
+    """(fp8-able linear weight elements, their output channels, other elements, float32-island elements,
+    elements of one block)."""
+    from inference.models.dit import FLOAT32_MODULES, CausalDiT
 
     with torch.device("meta"):
         model = CausalDiT(config)
-    linear = channels = other = 0
+    linear = channels = other = island = 0
     for name, p in model.named_parameters():
         if is_fp8_weight(name, p):
             linear += p.numel()
             channels += p.shape[0]
+        elif name.split(".", 1)[0] in FLOAT32_MODULES:  # kept float32 whatever the weights' dtype
+            island += p.numel()
         else:
             other += p.numel()
     block = sum(p.numel() for p in model.blocks[0].parameters())
-    return linear, channels, other, block
+    return linear, channels, other, island, block
 
 
 def is_fp8_weight(name: str, p: torch.Tensor) -> bool:
@@ -216,8 +219,8 @@ class MemoryPlan:
     def weights(self, rank: int = 0) -> dict[str, int]:
         """Resident weight bytes on one rank (FSDP2 shards divided by the world)."""
         d, p = self.d, self.bytes
-        linear, channels, other, _ = dit_parameter_split(self.shapes.dit)
-        dit = linear + 4 * channels + other * p if d.weights == "fp8" else (linear + other) * p
+        linear, channels, other, island, _ = dit_parameter_split(self.shapes.dit)
+        dit = (linear + 4 * channels if d.weights == "fp8" else linear * p) + other * p + island * 4
         t5_all, _ = t5_parameters(self.shapes.t5)
         t5 = 0 if d.t5_device == "cpu" else t5_all * p
         return {"DiT weights": dit // (d.gpus if d.dit_fsdp else 1),
@@ -255,7 +258,7 @@ class MemoryPlan:
         out = {"DiT activations": int(local_tokens * per_token) + gather,
                "KV eviction (one layer)": kept * (c.dim // d.ulysses) * p}
         if d.dit_fsdp and d.gpus > 1:  # the running block and the prefetched next one, unsharded
-            out["FSDP2 gathered blocks"] = 2 * dit_parameter_split(self.shapes.dit)[3] * p
+            out["FSDP2 gathered blocks"] = 2 * dit_parameter_split(self.shapes.dit)[4] * p
         if d.weights == "fp8":  # weight-only path: one linear's weight dequantized at a time (cast, then scaled)
             out["fp8 dequantized weight"] = 2 * c.dim * c.ffn_dim * p
         pixels = width * height

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.distributed.rank_runs import run_ranks
+from tests.tolerance import FRAME_LEVELS
 
 WORLD = 2
 
@@ -41,4 +41,4 @@ def test_rank0_frames_unchanged_and_match_one_rank(rank_results):
     leader = rank_results[0]
     assert leader["shapes"] == [[9, 32, 48, 3], [12, 32, 48, 3], [12, 32, 48, 3]]
     assert leader["same_as_every_rank_decoding"]
-    assert leader["max_diff_vs_single"] <= 1, leader
+    assert leader["max_diff_vs_single"] <= FRAME_LEVELS, leader

@@ -1,4 +1,4 @@
-"""torchrun worker: Ulysses attention and the Ulysses+FSDP2 DiT against one-rank results; writes rank-N.json."""
+"""torchrun worker: Ulysses attention and the Ulysses+FSDP2 DiT (float32, bf16) against one rank; writes rank-N.json."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from inference.distributed.options import ParallelOptions
 from inference.distributed.ulysses import ulysses_attention
 from inference.models.attention import attention
 from inference.models.config import DiTConfig
-from inference.models.dit import CausalDiT
+from inference.models.dit import FLOAT32_MODULES, CausalDiT
 
 LAT_H, LAT_W, CHUNK = 2, 6, 3  # 1 x 3 tokens per frame, 9 per chunk: not a multiple of 2 ranks (padding path)
 
@@ -26,12 +26,13 @@ def gathered(x: torch.Tensor, ctx: ParallelContext, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
-def attention_error(ctx: ParallelContext) -> float:
+def attention_error(ctx: ParallelContext) -> dict[str, float]:
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 10, 4, 8) for _ in range(3))  # (B, L, heads, head_dim), same on every rank
     share = [t.chunk(ctx.world_size, dim=1)[ctx.rank] for t in (q, k, v)]
     out = gathered(ulysses_attention(*share, ctx.ulysses_group, ctx.ulysses_size), ctx, dim=1)
-    return float((out - attention(q, k, v)).abs().max())
+    single = attention(q, k, v)
+    return {"attention": float((out - single).abs().max()), "attention_scale": float(single.abs().max())}
 
 
 def indivisible_heads_message(ctx: ParallelContext) -> str:
@@ -49,16 +50,20 @@ def chunk(seed: int, batch: int):
 
 
 @torch.no_grad()
-def dit_errors(ctx: ParallelContext) -> dict[str, float]:
-    """Two slots at different frame offsets, three chunks of (2 steps + clean update), one rank vs the group."""
+def dit_errors(ctx: ParallelContext, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Two slots at different frame offsets, three chunks of (2 steps + clean update), one rank vs the group.
+
+    In bfloat16 the time embedding, time projection and head stay float32, so FSDP2 shards mixed dtypes.
+    """
     torch.manual_seed(0)
-    single = CausalDiT(DiTConfig.tiny(text_dim=32)).eval()
+    # inference weights, as load_dit_checkpoint gives them (FSDP2 accepts mixed dtypes only without grads)
+    single = CausalDiT(DiTConfig.tiny(text_dim=32)).eval().to(dtype).keep_islands_float32().requires_grad_(False)
     group = ParallelOptions(ulysses_size=ctx.world_size, dit_fsdp=True).apply_dit(copy.deepcopy(single), ctx)
     caches = [m.new_cache(capacity=3, frame_seqlen=(LAT_H // 2) * (LAT_W // 2), kv_frames=12) for m in (single, group)]
     for model, cache in zip((single, group), caches):
         for slot in (0, 2):
             model.set_prompt(cache, slot, torch.randn(5 + slot, 32, generator=torch.Generator().manual_seed(slot)))
-    errors = {"flow": 0.0}
+    errors = {"flow": 0.0, "flow_scale": 0.0}
     for c in range(3):
         x, y, control = chunk(c, batch=2)
         starts = [c * CHUNK, (c + 1) * CHUNK]  # slot 2 runs one chunk ahead of slot 0
@@ -66,17 +71,23 @@ def dit_errors(ctx: ParallelContext) -> dict[str, float]:
             out = [m(x, y, torch.tensor([t, t]), control, cache, start_frames=starts, slots=[2, 0])
                    for m, cache in zip((single, group), caches)]
             errors["flow"] = max(errors["flow"], float((out[0] - out[1]).abs().max()))
+            errors["flow_scale"] = max(errors["flow_scale"], float(out[0].abs().max()))
     kv_single, kv_group = caches[0].self_kv, caches[1].self_kv
     errors["cache_k"] = float((group.sequence.full_heads(kv_group.k, dim=3) - kv_single.k).abs().max())
     errors["cache_v"] = float((group.sequence.full_heads(kv_group.v, dim=3) - kv_single.v).abs().max())
+    errors["cache_k_scale"] = float(kv_single.k.abs().max())
+    errors["cache_v_scale"] = float(kv_single.v.abs().max())
     errors["local_heads"] = kv_group.k.shape[3]
+    errors["islands_float32"] = all(p.dtype == torch.float32 for name in FLOAT32_MODULES
+                                    for p in getattr(group, name).parameters())
     return errors
 
 
 def main(out_dir: str) -> int:
     ctx = ParallelContext.from_env(timeout_s=60)
-    result = {"world_size": ctx.world_size, "attention_error": attention_error(ctx),
-              "indivisible_heads": indivisible_heads_message(ctx), **dit_errors(ctx)}
+    result = {"world_size": ctx.world_size, **attention_error(ctx),
+              "indivisible_heads": indivisible_heads_message(ctx), **dit_errors(ctx),
+              "bf16": dit_errors(ctx, torch.bfloat16)}
     Path(out_dir, f"rank-{ctx.rank}.json").write_text(json.dumps(result))
     ctx.shutdown()
     return 0

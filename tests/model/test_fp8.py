@@ -1,9 +1,6 @@
 """`--weights fp8`: float8 e4m3 block weights with per-output-channel scales, close to bf16, through the engine."""
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 import torch
 
 from inference.conformance import Fixture
@@ -13,18 +10,16 @@ from inference.lingbot.engine import LingbotFastEngine
 from inference.models.checkpoint import load_dit_checkpoint
 from inference.models.fp8 import is_fp8, quantize_blocks, weight_bytes
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint
-
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "lingbot_fast_tiny"
+from tests.fixtures_kit import CAM, fixture_set
 # e4m3 keeps 3 mantissa bits: each weight is off by up to 1/16 of itself (about 1.8% rms); the flow after two
 # blocks of random-sign errors stays within a few percent (measured 4.0% mean on this fixture).
 FP8_FLOW_REL_TOL = 0.08
 
 
 def load(dtype=torch.bfloat16):
-    return load_dit_checkpoint(FIXTURE / "transformer", device="cpu", dtype=dtype)
+    return load_dit_checkpoint(fixture_set(CAM) / "transformer", device="cpu", dtype=dtype)
 
 
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not checked out beside the repo")
 def test_block_linears_become_float8_with_one_scale_per_output_channel():
     """Every block linear holds float8_e4m3fn data and a (out, 1) float32 scale; other weights keep bf16."""
     model = load()
@@ -44,10 +39,9 @@ def test_block_linears_become_float8_with_one_scale_per_output_channel():
     assert model.patch_embedding.weight.dtype == torch.bfloat16 and not is_fp8(load())
 
 
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not checked out beside the repo")
 def test_fp8_flow_stays_within_fp8_rounding_of_bf16_on_the_fixture():
     """Replaying the fixture's stored DiT calls, the fp8 flow is within 8% (relative L2) of the bf16 flow."""
-    run = RolloutFile(Fixture(FIXTURE))
+    run = RolloutFile(Fixture(fixture_set(CAM)))
     models = {"bf16": load(), "fp8": load()}
     quantize_blocks(models["fp8"], models["fp8"].blocks)
     flows = {}

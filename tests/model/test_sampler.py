@@ -1,18 +1,19 @@
 """The 4-step flow-matching sampler against the fixture's scheduler tensors."""
 
-from pathlib import Path
-
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from inference.models.sampler import FlowMatchSampler, flow_schedule
 
-ROLLOUT = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "lingbot_fast_tiny" / "rollout.safetensors"
+
+@pytest.fixture(scope="module")
+def stored(each_set) -> dict[str, torch.Tensor]:
+    return load_file(str(each_set / "rollout.safetensors"))
 
 
-def test_schedule_equals_the_reference_tables_bit_for_bit():
+def test_schedule_equals_the_reference_tables_bit_for_bit(stored):
     """Our 1000-step shift-5 schedule reproduces the stored timesteps (int64) and sigmas (float32) exactly."""
-    stored = load_file(str(ROLLOUT))
     timesteps, sigmas = flow_schedule(1000, 5.0)
     assert timesteps.dtype == torch.int64 and sigmas.dtype == torch.float32
     assert torch.equal(timesteps, stored["scheduler/timesteps_all"])
@@ -27,9 +28,8 @@ def test_duplicate_timesteps_take_first_match_for_x0_and_second_for_renoise():
     assert sampler.renoise_sigma_index == [180, 358, 679]
 
 
-def test_x0_and_renoise_reproduce_a_stored_step():
+def test_x0_and_renoise_reproduce_a_stored_step(stored):
     """Stored x, noise_pred and noise give the stored x0 and x_next of chunk 1, step 1."""
-    stored = load_file(str(ROLLOUT))
     sampler = FlowMatchSampler()
     key = "chunk1/step1"
     x0 = sampler.to_x0(1, stored[f"{key}/x"], stored[f"{key}/noise_pred"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,6 @@ from inference.controls import (
     first_frame_reflecting,
 )
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "lingbot_fast_tiny"
 DT = 1.0 / 16
 
 
@@ -44,12 +41,11 @@ def test_unknown_key_names_the_allowed_keys():
         canonical_key("q")
 
 
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not checked out beside the repo")
-def test_rig_reproduces_reference_trajectory():
-    """Full-key rows of the fixture integrate to the reference c2ws_traj within 1e-9."""
+def test_rig_reproduces_reference_trajectory(each_set):
+    """Full-key rows of each fixture set integrate to the reference c2ws_traj within 1e-9."""
     from safetensors.numpy import load_file
 
-    ref = load_file(str(FIXTURE / "camera.safetensors"))
+    ref = load_file(str(each_set / "camera.safetensors"))
     poses = CameraRig().advance(ref["keys_wasdijkl"])
     traj = np.concatenate([np.eye(4)[None], poses])
     assert traj.shape == ref["c2ws_traj"].shape

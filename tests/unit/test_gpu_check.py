@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_kit import CAM, fixture_set
+
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "lingbot_fast_tiny"
 STAGES = ["env", "conformance_fp32", "conformance_bf16", "attention", "dit_bf16", "dit_fp8", "vae", "memory_plan",
           "server", "nccl_2rank"]
 
 
 def run_check(out: Path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    if "--fixture" not in args:
+        args = ("--fixture", str(fixture_set(CAM)), *args)
     done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--out", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     reports = sorted(out.glob("gpu_check-*-dry.json"))
@@ -23,7 +26,6 @@ def run_check(out: Path, *args: str, timeout: float) -> tuple[subprocess.Complet
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not checked out beside the repo")
 def test_dry_run_passes_every_stage_and_prints_one_table(tmp_path):
     """`--dry-run` runs all ten stages on the CPU; each passes (two ranks are skipped on one device), one table
     lists them and the JSON holds each stage's figures."""
@@ -54,7 +56,6 @@ def test_a_failing_stage_is_marked_and_the_run_goes_on(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not checked out beside the repo")
 def test_two_rank_stage_replays_the_fixture_on_two_torchrun_ranks(tmp_path):
     """`--ranks 2` runs the 2-rank stage on real torchrun ranks (gloo on the CPU): float32 errors, PASS."""
     done, report = run_check(tmp_path, "--ranks", "2", "--only", "nccl_2rank", timeout=500)
