@@ -24,9 +24,9 @@ Writes artifacts/gpu_check-<time>.json (every stage's figures) and prints one ta
 from __future__ import annotations
 
 import argparse
-import os
 import gc
 import json
+import os
 import signal
 import sys
 import time

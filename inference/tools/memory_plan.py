@@ -106,6 +106,8 @@ class Deployment:
         if self.t5_device == "cpu":
             parts.append("T5 on CPU")
         parts.append(f"VAE {self.vae_dtype}")
+        if (self.window, self.sink) != (12, 3):
+            parts.append(f"KV window {self.window}/sink {self.sink}")
         return ", ".join(parts)
 
 
@@ -341,7 +343,7 @@ README_DEPLOYMENTS = (
     Deployment(gpus=4, gpu_mem_gib=80, dit_fsdp=True, t5_fsdp=True),
     Deployment(gpus=8, gpu_mem_gib=80, dit_fsdp=True, t5_fsdp=True),
     Deployment(gpus=1, gpu_mem_gib=48, weights="fp8", t5_device="cpu"),
-    Deployment(gpus=1, gpu_mem_gib=48, weights="fp8", t5_device="cpu", vae_dtype="bfloat16"),
+    Deployment(gpus=1, gpu_mem_gib=48, weights="fp8", t5_device="cpu", window=9),
     Deployment(gpus=1, gpu_mem_gib=80, weights="fp8", t5_device="cpu"),
 )
 README_SIZES = ((832, 480), (1280, 720))

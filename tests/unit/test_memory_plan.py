@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference.models.config import DiTConfig
-from inference.models.dit import CausalDiT
+from inference.models.dit import FLOAT32_MODULES, CausalDiT
 from inference.models.vae import StreamingDecoder, StreamingEncoder, VAEConfig, WanVAE
 from inference.tools import memory_plan as mp
 from inference.tools.make_tiny_checkpoint import tiny_vae_config
@@ -19,13 +19,16 @@ GIB = 2**30
 
 
 def test_a14b_weights_and_kv_follow_from_the_config():
-    """DiT 18.54 B parameters = 34.5 GiB bf16, umT5 10.6 GiB, a 832*480 KV window of 12 frames 14.3 GiB."""
+    """DiT 18.54 B parameters = 34.9 GiB in bf16 with its float32 islands, umT5 10.6 GiB, a 832*480 KV window of
+    12 frames 14.3 GiB."""
     plan = mp.MemoryPlan(mp.Deployment())
     weights = plan.weights()
     c = DiTConfig.a14b_fast()
     with torch.device("meta"):
-        params = sum(p.numel() for p in CausalDiT(c).parameters())
-    assert weights["DiT weights"] == 2 * params and abs(params / 1e9 - 18.54) < 0.01
+        model = CausalDiT(c)
+    params = sum(p.numel() for p in model.parameters())
+    islands = sum(p.numel() for name in FLOAT32_MODULES for p in getattr(model, name).parameters())
+    assert weights["DiT weights"] == 2 * params + 2 * islands and abs(params / 1e9 - 18.54) < 0.01
     assert abs(weights["umT5 weights"] / GIB - 10.58) < 0.01
     session = plan.session(832, 480)
     tokens = (480 // 16) * (832 // 16)  # 1560 per latent frame
@@ -35,10 +38,10 @@ def test_a14b_weights_and_kv_follow_from_the_config():
 
 
 def test_fp8_weights_take_about_half_and_ulysses_fsdp_split_the_rank_share():
-    """fp8 halves the DiT bytes (+ scales); Ulysses 8 splits the KV window, FSDP2 the weights, rank 0 alone decodes."""
+    """fp8 about halves the DiT bytes (+ scales, float32 islands); Ulysses 8 splits the KV window, FSDP2 the weights, rank 0 alone decodes."""
     bf16 = mp.MemoryPlan(mp.Deployment()).weights()["DiT weights"]
     fp8 = mp.MemoryPlan(mp.Deployment(weights="fp8")).weights()["DiT weights"]
-    assert 0.5 < fp8 / bf16 < 0.51
+    assert 0.5 < fp8 / bf16 < 0.52
     one = mp.MemoryPlan(mp.Deployment())
     eight = mp.MemoryPlan(mp.Deployment(gpus=8, dit_fsdp=True, t5_fsdp=True))
     assert eight.session(832, 480)["self-attention KV"] * 8 == one.session(832, 480)["self-attention KV"]
