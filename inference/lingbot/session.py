@@ -15,9 +15,10 @@ exact, and no VAE encode in steady state. The check compares each slot as
 it is overwritten (no copy of the cache is kept) and costs one device sync
 per chunk.
 
-Camera. The per-size camera-frame ray directions stay on the device; per
-chunk only the (n, 3, 4) relative poses cross from the host and the rays
-are rotated there (`StreamingCamera.chunk_on`, equal to the host path).
+Camera. On a GPU the per-size camera-frame ray directions stay on the
+device; per chunk only the (n, 3, 4) relative poses cross from the host and
+the rays are rotated there (`StreamingCamera.chunk_on`, equal to the host
+fold to float32 rounding). A CPU engine folds on the host, where it runs.
 
 Noise. A torch.Generator seeded with the session seed draws each chunk's
 initial noise and then the re-noising noise of each step, so the same seed
@@ -151,5 +152,11 @@ class SessionStream:
         return torch.randn(like_shape, generator=self.generator, device=device, dtype=torch.float32)
 
     def control(self, poses: np.ndarray, keys: np.ndarray, device: torch.device) -> torch.Tensor:
-        """(F, 4, 4) poses + (F, 8) keys -> (1, C, n, h, w) float32 camera condition, built on device."""
+        """(F, 4, 4) poses + (F, 8) keys -> (1, C, n, h, w) float32 camera condition, built on device.
+
+        On an accelerator the rays are rotated there (only the relative poses
+        cross); on the CPU the host fold already runs where the DiT does.
+        """
+        if device.type == "cpu":
+            return torch.from_numpy(self.camera.chunk(poses, keys))
         return self.camera.chunk_on(poses, keys, device)
