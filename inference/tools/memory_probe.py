@@ -1,4 +1,4 @@
-"""Measured peak bytes a callable allocates on top of what is already live (CUDA allocator stats, or the CPU profiler)."""
+"""Measured peak bytes a callable allocates beyond what is live (CUDA allocator stats, or the CPU profiler)."""
 
 from __future__ import annotations
 

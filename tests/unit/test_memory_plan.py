@@ -38,7 +38,8 @@ def test_a14b_weights_and_kv_follow_from_the_config():
 
 
 def test_fp8_weights_take_about_half_and_ulysses_fsdp_split_the_rank_share():
-    """fp8 about halves the DiT bytes (+ scales, float32 islands); Ulysses 8 splits the KV window, FSDP2 the weights, rank 0 alone decodes."""
+    """fp8 about halves the DiT bytes (+ scales, float32 islands); Ulysses 8 splits the KV window, FSDP2 the
+    weights, and rank 0 alone holds a decoder cache."""
     bf16 = mp.MemoryPlan(mp.Deployment()).weights()["DiT weights"]
     fp8 = mp.MemoryPlan(mp.Deployment(weights="fp8")).weights()["DiT weights"]
     assert 0.5 < fp8 / bf16 < 0.52
