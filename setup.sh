@@ -5,17 +5,19 @@
 #   ./setup.sh                 runtime (front, sim engine, model code; torch pinned)
 #   ./setup.sh --dev           + test tools (pytest, Playwright) and Debian's chromium
 #   ./setup.sh --flash-attn    + FlashAttention (GPU machines only)
-#   ./setup.sh --upsampler     + vLLM for prompt upsampling (GPU machines only)
+#   ./setup.sh --upsampler     + vLLM for prompt upsampling in its own venv (GPU machines only)
 #   ./setup.sh --download      + the LingBot-World checkpoints into $MODEL_DIR (~85 GB)
 #
 # Environment: PYTHON (interpreter, default python3), VENV (default .venv),
-# MODEL_DIR (download target, default models/lingbot-world), TORCH_INDEX_URL
-# (a PyTorch wheel index to install torch from, e.g. a nightly index for new GPUs).
+# UPSAMPLER_VENV (default .venv-upsampler), MODEL_DIR (download target, default
+# models/lingbot-world), TORCH_INDEX_URL (a PyTorch wheel index to install torch
+# from, e.g. a nightly index for new GPUs).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+UPSAMPLER_VENV=${UPSAMPLER_VENV:-.venv-upsampler}
 MODEL_DIR=${MODEL_DIR:-models/lingbot-world}
 TORCH_VERSION=2.13.0
 DEV=0 FLASH=0 UPSAMPLER=0 DOWNLOAD=0
@@ -25,7 +27,7 @@ for arg in "$@"; do
     --flash-attn) FLASH=1 ;;
     --upsampler) UPSAMPLER=1 ;;
     --download) DOWNLOAD=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -124,11 +126,22 @@ if [ "$FLASH" = 1 ]; then
 fi
 
 if [ "$UPSAMPLER" = 1 ]; then
-  say "vLLM for prompt upsampling"
+  say "vLLM for prompt upsampling, in its own environment $UPSAMPLER_VENV"
   if [ -z "$GPU_CC" ]; then
     skip "no GPU; vLLM needs one (the server runs without upsampling)"
   else
-    "${PIP[@]}" install vllm
+    # vLLM pins its own torch: installed into $VENV it would replace torch==$TORCH_VERSION
+    # and break flash-attn (attention would silently fall back to SDPA).
+    [ -x "$UPSAMPLER_VENV/bin/python" ] || $PYTHON -m venv "$UPSAMPLER_VENV"
+    "$UPSAMPLER_VENV/bin/python" -m pip --disable-pip-version-check install vllm
+    "$UPSAMPLER_VENV/bin/vllm" --version >/dev/null
+    "$PY" - "$TORCH_VERSION" <<'PY'
+import sys, torch
+if not torch.__version__.startswith(sys.argv[1]):
+    sys.exit(f"the world model's torch is {torch.__version__}, expected {sys.argv[1]}: rerun ./setup.sh")
+print(f"    world model keeps torch {torch.__version__}")
+PY
+    echo "    start.sh sets UPSAMPLER_CMD=\"$UPSAMPLER_VENV/bin/vllm serve\" when UPSAMPLER_CMD is unset"
   fi
 fi
 

@@ -15,6 +15,12 @@ if [ ! -x .venv/bin/python ] || [ ! -f .venv/.requirements.sha256 ]; then
   ./setup.sh
 fi
 
+# The upsampler's vLLM lives in its own venv (setup.sh --upsampler): it pins a torch of its own.
+UPSAMPLER_VENV=${UPSAMPLER_VENV:-.venv-upsampler}
+if [ -z "${UPSAMPLER_CMD:-}" ] && [ -x "$UPSAMPLER_VENV/bin/vllm" ]; then
+  export UPSAMPLER_CMD="'$(cd "$UPSAMPLER_VENV/bin" && pwd)/vllm' serve"
+fi
+
 pidfile="$RUN_DIR/server.pid"
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "already running (pid $(cat "$pidfile")); ./stop.sh first" >&2

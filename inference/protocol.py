@@ -76,11 +76,15 @@ class Shutdown(msgspec.Struct, tag=True, kw_only=True):
 
 
 class RankHealth(msgspec.Struct, kw_only=True):
-    """Liveness of one rank of the engine group as rank 0 sees it."""
+    """Liveness and memory of one rank of the engine (group) as rank 0 sees it."""
 
     rank: int
     alive: bool
     last_seen_s: float  # seconds since rank 0 last heard from it
+    memory_used_mb: float | None = None  # held by the rank's process on its device (CUDA: allocated by torch)
+    memory_planned_mb: float | None = None  # the memory plan's peak for what is open now (weights + sessions + step)
+    memory_free_mb: float | None = None  # what it could still allocate (CUDA: driver free + allocator cache)
+    attention: str | None = None  # attention backend in use: fa3, fa2, sdpa (with the reason on a GPU)
 
 
 class GpuInfo(msgspec.Struct, kw_only=True):
@@ -152,6 +156,7 @@ class TestFrame(msgspec.Struct, tag=True, kw_only=True):
 
     request_id: str
     error: str | None = None
+    code: str | None = None  # with error: 'busy' (no memory for it now: retry later, HTTP 503) or 'bad_field'
 
 
 class EngineError(msgspec.Struct, tag=True, kw_only=True):

@@ -11,6 +11,9 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 30.0
+# Timeout of the group long barriers run on: its point-to-point sends must outlast the longest barrier a rank
+# waits at (loading a checkpoint, rank 0's first decode at a size); each barrier passes its own, shorter limit.
+WAIT_GROUP_TIMEOUT_S = 7200.0
 
 
 @dataclass(kw_only=True)
@@ -31,6 +34,8 @@ class ParallelContext:
     """The Ulysses group holding this rank (None on one rank)."""
     control_group: dist.ProcessGroup | None = None
     """A gloo group for host-side control messages (rank 0 -> all), whatever the compute backend."""
+    wait_group: dist.ProcessGroup | None = None
+    """A gloo group with a long timeout for barriers that may wait minutes (the control group's is short)."""
     timeout_s: float = DEFAULT_TIMEOUT_S
     """Collective timeout: a dead or stuck rank surfaces after this many seconds, not the 10-minute default."""
 
@@ -75,21 +80,24 @@ class ParallelContext:
             if first <= rank < first + ulysses:
                 ulysses_group = group
         control = dist.new_group(list(range(world_size)), backend="gloo", timeout=timeout)
+        wait = dist.new_group(list(range(world_size)), backend="gloo", timeout=timedelta(seconds=WAIT_GROUP_TIMEOUT_S))
         return cls(rank=rank, world_size=world_size, local_rank=local_rank, device=device, ulysses_size=ulysses,
-                   ulysses_group=ulysses_group, control_group=control, timeout_s=timeout_s)
+                   ulysses_group=ulysses_group, control_group=control, wait_group=wait, timeout_s=timeout_s)
 
     def barrier(self, timeout_s: float | None = None) -> None:
         """Wait for every rank over the control group; raises after timeout_s (default: the collective timeout).
 
         A longer timeout_s suits uneven phases such as loading a checkpoint,
         so that the model's first collective starts with every rank present.
+        It runs on the wait group: on the control group a rank that arrives
+        early would see its send time out after the short collective timeout.
         """
         if not self.distributed:
             return
         if timeout_s is None:
             dist.barrier(group=self.control_group)
         else:
-            dist.monitored_barrier(group=self.control_group, timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
+            dist.monitored_barrier(group=self.wait_group, timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
 
     def broadcast_object(self, obj: object = None) -> object:
         """Rank 0's `obj` on every rank (others pass None): pickled bytes over the gloo control group."""

@@ -38,12 +38,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kv-sink", type=int, default=None, help="lingbot-fast: first latent frames never evicted")
     ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
                     help="lingbot-fast: weights/activations dtype (default: bfloat16 on GPU, float32 on CPU)")
+    ap.add_argument("--weights", choices=["bf16", "fp8"], default="bf16",
+                    help="lingbot-fast: DiT block linears as float8 e4m3 with per-channel scales (fp8: half the "
+                         "weight memory; FP8 matmuls on GPUs of compute capability >= 8.9)")
+    ap.add_argument("--t5-device", choices=["cuda", "cpu"], default=None,
+                    help="lingbot-fast: where the umT5 text encoder lives (default: with the DiT; cpu frees "
+                         "~10.6 GiB of GPU memory, prompt changes take seconds)")
+    ap.add_argument("--memory-limit-gb", type=float, default=None,
+                    help="lingbot-fast: refuse sessions and test frames ('busy') whose planned peak memory per "
+                         "rank would pass this many GiB (the measured free memory is always checked)")
     ap.add_argument("--max-batch", type=int, default=8,
                     help="ceiling of the learned same-signature batch limit (1 = one session per step)")
     ap.add_argument("--collective-timeout-s", type=float, default=30.0,
                     help="torchrun group: seconds before a silent rank fails the group")
     ap.add_argument("--load-timeout-s", type=float, default=1800.0,
                     help="torchrun group: how long ranks wait for each other to finish loading the model")
+    ap.add_argument("--first-chunk-timeout-s", type=float, default=600.0,
+                    help="torchrun group: how long ranks wait for each other after warm-up and after the first "
+                         "chunk of a new size (rank 0's first VAE decode there may be slow)")
     # the parallel layout (ParallelOptions); plain flags so the sim engine never imports torch
     ap.add_argument("--ulysses-size", type=int, default=None, help="torchrun group: ranks splitting each chunk")
     ap.add_argument("--dit-fsdp", action="store_true", help="torchrun group: shard DiT block weights (FSDP2)")
@@ -61,7 +73,13 @@ def build_engine(args: argparse.Namespace, ctx):
     if args.engine == "sim":
         options = {"workers": args.sim_workers, "jpeg_quality": args.jpeg_quality}
     if args.engine == "lingbot-fast":
-        options = {"window": args.kv_window, "sink": args.kv_sink, "dtype": args.dtype}
+        if args.weights == "fp8" and args.dit_fsdp:
+            raise ValueError("--weights fp8 with --dit-fsdp: fp8 DiT weights are not sharded; drop one of them")
+        if args.t5_device == "cpu" and args.t5_fsdp:
+            raise ValueError("--t5-device cpu with --t5-fsdp: a text encoder on the CPU cannot be sharded over GPUs")
+        options = {"window": args.kv_window, "sink": args.kv_sink, "dtype": args.dtype, "weights": args.weights,
+                   "t5_device": args.t5_device, "memory_limit_gb": args.memory_limit_gb,
+                   "max_batch": args.max_batch}
     if ctx is not None and ctx.distributed and args.engine == "lingbot-fast":
         from inference.distributed.options import ParallelOptions
 
@@ -71,7 +89,8 @@ def build_engine(args: argparse.Namespace, ctx):
             layout.apply_dit(models.dit, ctx)
             layout.apply_t5(models.text.model, ctx)
 
-        options.update(device=ctx.device, prepare=prepare, decode=ctx.is_leader)  # only rank 0 makes frames
+        options.update(device=ctx.device, prepare=prepare, decode=ctx.is_leader,  # only rank 0 makes frames
+                       rank=ctx.rank, agree=ctx.all_gather_object)  # every rank admits, all agree
     return make_engine(args.engine, chunk_frames=args.chunk_frames, model_dir=args.model_dir, options=options)
 
 
@@ -90,6 +109,7 @@ def follower_main(args: argparse.Namespace, ctx) -> int:
         engine = build_engine(args, ctx)
         ctx.barrier(args.load_timeout_s)  # loading speeds differ; the first model collective has a short timeout
         engine.warm_up()
+        ctx.barrier(args.first_chunk_timeout_s)  # rank 0 also decoded (first cuDNN calls): wait for it
         follow(engine, ctx)
         engine.close()
         ctx.shutdown()
@@ -129,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         if ctx is not None:
             from inference.engine.group import GroupLoop, LeaderEngine
 
-            engine, loop_type = LeaderEngine(engine, ctx), GroupLoop
+            ctx.barrier(args.first_chunk_timeout_s)  # the followers skipped the decode and wait here
+            engine = LeaderEngine(engine, ctx, first_chunk_timeout_s=args.first_chunk_timeout_s)
+            loop_type = GroupLoop
             engine.tick()  # every rank answered once before the front hears "ready"
         info = engine.info()
         loop = loop_type(engine, link, jpeg_quality=args.jpeg_quality, max_batch=args.max_batch)

@@ -174,5 +174,10 @@ class WorldEngine(abc.ABC):
         """Render a test frame; `result` is an (H, W, 3) uint8 frame or its JPEG bytes."""
         return CallTask(self.render_test_frame, prompt, seed, width, height)
 
+    def health(self) -> dict:
+        """This rank's resource figures for /status (RankHealth fields: memory_used_mb, memory_planned_mb,
+        memory_free_mb, attention); {} when the engine has none to report. Called from the I/O thread."""
+        return {}
+
     def close(self) -> None:
         """Release the engine (process exit follows)."""

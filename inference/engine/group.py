@@ -6,9 +6,13 @@ rank sits in `follow`, receives the same call and runs it, so the collectives
 inside the model (Ulysses all-to-alls, FSDP2 all-gathers) line up. Only rank 0
 encodes frames and replies. While idle, rank 0 broadcasts a `tick` about once
 a second and gathers every rank's status: the ticks keep the followers'
-collective timeout from firing and give the heartbeat per-rank health. A dead
-or stuck rank makes a collective fail (or torchrun tear the group down), and
-the engine group exits non-zero so the front restarts it.
+collective timeout from firing and give the heartbeat per-rank health
+(memory, attention backend). After the first chunk of a new signature and
+after a test frame, every rank meets at a long barrier: rank 0's first VAE
+decode at a size (cuDNN picking its kernels) may outlast the short collective
+timeout the followers would otherwise be waiting in. A dead or stuck rank
+makes a collective fail (or torchrun tear the group down), and the engine
+group exits non-zero so the front restarts it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
+
+import msgspec
 
 from inference import protocol as P
 from inference.distributed.context import ParallelContext
@@ -38,6 +44,8 @@ class EngineCall:
     """A method of WorldEngine in REPLAYED, or 'tick' (status gather) or 'shutdown' (leave the loop)."""
     args: tuple = ()
     """Positional arguments, pickled (SessionSpec and ChunkWork carry numpy arrays)."""
+    barrier_s: float | None = None
+    """When set, every rank meets at a barrier with this timeout after the call (refused or not)."""
 
 
 @dataclass(kw_only=True)
@@ -46,25 +54,35 @@ class RankStatus:
 
     rank: int
     peak_rss_mb: float
+    health: dict
+    """The engine's RankHealth fields (memory used/planned/free, attention backend)."""
 
 
-def rank_status(ctx: ParallelContext) -> RankStatus:
-    return RankStatus(rank=ctx.rank, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+def rank_status(ctx: ParallelContext, engine: WorldEngine) -> RankStatus:
+    return RankStatus(rank=ctx.rank, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      health=engine.health())
 
 
 class LeaderEngine(WorldEngine):
     """Rank 0's engine: each call is broadcast to the group, then run here."""
 
-    def __init__(self, engine: WorldEngine, ctx: ParallelContext):
+    def __init__(self, engine: WorldEngine, ctx: ParallelContext, *, first_chunk_timeout_s: float = 600.0):
         self.engine = engine
         self.ctx = ctx
+        self.first_chunk_timeout_s = first_chunk_timeout_s
         self.last_tick = time.monotonic()
         self.statuses: list[RankStatus] = []
-        self.health: list[P.RankHealth] = []  # replaced whole, read by the I/O thread
+        self.ranks: list[P.RankHealth] = []  # replaced whole, read by the I/O thread
+        self.signatures: dict[str, str] = {}  # session id -> signature, to spot a signature's first chunk
+        self.generated: set[str] = set()  # signatures that have run a chunk on every rank
 
-    def _replay(self, method: str, *args):
-        self.ctx.broadcast_object(EngineCall(method=method, args=args))
-        return getattr(self.engine, method)(*args)
+    def _replay(self, method: str, *args, barrier_s: float | None = None):
+        self.ctx.broadcast_object(EngineCall(method=method, args=args, barrier_s=barrier_s))
+        try:
+            return getattr(self.engine, method)(*args)
+        finally:
+            if barrier_s is not None:
+                self.ctx.barrier(barrier_s)
 
     def info(self) -> EngineInfo:
         info = self.engine.info()
@@ -75,10 +93,16 @@ class LeaderEngine(WorldEngine):
         self.engine.warm_up()  # every rank warms up by itself, in step, before the loop starts
 
     def open_session(self, spec):
-        return self._replay("open_session", spec)
+        sig = self._replay("open_session", spec)
+        self.signatures[spec.session_id] = sig
+        return sig
 
     def generate(self, works):
-        return self._replay("generate", works)
+        sigs = {self.signatures.get(w.session_id) for w in works}
+        first = not sigs <= self.generated  # a first chunk at this size: decode kernels are chosen now
+        out = self._replay("generate", works, barrier_s=self.first_chunk_timeout_s if first else None)
+        self.generated |= sigs
+        return out
 
     def set_prompt(self, session_id, prompt):
         return self._replay("set_prompt", session_id, prompt)
@@ -87,22 +111,26 @@ class LeaderEngine(WorldEngine):
         return self._replay("reset", session_id)
 
     def close_session(self, session_id):
+        self.signatures.pop(session_id, None)
         return self._replay("close_session", session_id)
 
     def render_test_frame(self, prompt, seed, width, height):
-        return self._replay("render_test_frame", prompt, seed, width, height)
+        return self._replay("render_test_frame", prompt, seed, width, height, barrier_s=self.first_chunk_timeout_s)
+
+    def health(self) -> dict:
+        return self.engine.health()
 
     def tick(self) -> None:
         """Gather every rank's status (raises when a rank does not answer within the collective timeout)."""
         self.ctx.broadcast_object(EngineCall(method="tick"))
-        self.statuses = self.ctx.all_gather_object(rank_status(self.ctx))
+        self.statuses = self.ctx.all_gather_object(rank_status(self.ctx, self.engine))
         self.last_tick = time.monotonic()
-        self.health = [P.RankHealth(rank=s.rank, alive=True, last_seen_s=0.0) for s in self.statuses]
+        self.ranks = [P.RankHealth(rank=s.rank, alive=True, last_seen_s=0.0, **s.health) for s in self.statuses]
 
     def rank_health(self) -> list[P.RankHealth]:
-        """Every rank with the seconds since it last answered a tick."""
+        """Every rank with the seconds since it last answered a tick (memory as of that tick)."""
         age = time.monotonic() - self.last_tick
-        return [P.RankHealth(rank=h.rank, alive=h.alive, last_seen_s=age) for h in self.health]
+        return [msgspec.structs.replace(h, last_seen_s=age) for h in self.ranks]
 
     def close(self) -> None:
         self.ctx.broadcast_object(EngineCall(method="shutdown"))
@@ -132,7 +160,7 @@ def follow(engine: WorldEngine, ctx: ParallelContext) -> None:
         if call.method == "shutdown":
             return
         if call.method == "tick":
-            ctx.all_gather_object(rank_status(ctx))
+            ctx.all_gather_object(rank_status(ctx, engine))
             continue
         if call.method not in REPLAYED:
             raise ValueError(f"rank {ctx.rank}: unknown engine call {call.method!r}; "
@@ -141,3 +169,5 @@ def follow(engine: WorldEngine, ctx: ParallelContext) -> None:
             getattr(engine, call.method)(*call.args)
         except (EngineUserError, ValueError) as exc:  # rank 0 hits the same refusal and reports it
             log.debug("rank %d: %s refused: %s", ctx.rank, call.method, exc)
+        if call.barrier_s is not None:
+            ctx.barrier(call.barrier_s)

@@ -61,6 +61,7 @@ class EngineLoop:
         p50, p95 = self.timer.percentiles()
         return {"sessions": len(self.signatures), "queued_steps": len(self.scheduler),
                 "chunk_ms_p50": p50, "chunk_ms_p95": p95,
+                "ranks": [P.RankHealth(rank=0, alive=True, last_seen_s=0.0, **self.engine.health())],
                 "batching": [P.SignatureLoad(**load) for load in self.loads], "mixed_batches": self.mixed_batches}
 
     def run(self) -> None:
@@ -192,6 +193,7 @@ class EngineLoop:
         try:
             frame = self.engine.render_test_frame(msg.prompt, msg.seed, msg.width, msg.height)
         except (EngineUserError, ValueError) as exc:
-            self.link.send(P.TestFrame(request_id=msg.request_id, error=str(exc)))
+            code = getattr(exc, "code", "bad_field")
+            self.link.send(P.TestFrame(request_id=msg.request_id, error=str(exc), code=code))
             return
         self.link.send(P.TestFrame(request_id=msg.request_id), encode_jpeg(frame, self.jpeg_quality))

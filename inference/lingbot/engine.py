@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +12,18 @@ import torch
 
 from inference.engine.base import (ChunkOutput, ChunkWork, EngineInfo, EngineUserError, SessionSpec, WorldEngine,
                                    parse_size)
+from inference.lingbot.admission import GIB, MemoryGate, measure, module_bytes
 from inference.lingbot.layout import LingbotModels, SizePolicy, load_models, read_size_policy
 from inference.lingbot.pipeline import ChunkPipeline, ChunkRequest
 from inference.lingbot.session import SessionStream, start_frame
 from inference.lingbot.slots import SlotPool
+from inference.models.attention import backend_report
 from inference.models.config import ROPE_POSITIONS
+from inference.models.fp8 import is_fp8
 from inference.models.vae import SPACE_STRIDE, StreamingDecoder
+from inference.tools.memory_plan import Deployment, MemoryPlan, ModelShapes
+
+log = logging.getLogger("engine.lingbot")
 
 ENGINE_NAME = "lingbot-fast"
 CHUNK_LATENTS = 3
@@ -49,7 +56,9 @@ class LingbotFastEngine(WorldEngine):
     """LingBot-World-Fast behind the chunk interface; sessions of one signature share one batched DiT call."""
 
     def __init__(self, models: LingbotModels, *, model_name: str, window: int | None = None,
-                 sink: int | None = None, decode: bool = True):
+                 sink: int | None = None, decode: bool = True, admit: bool = True, max_batch: int = 8,
+                 memory_limit_gb: float | None = None, rank: int = 0,
+                 agree: Callable[[str | None], list[str | None]] | None = None):
         config = models.dit.config
         if window is None:
             window = config.local_attn_size if config.local_attn_size != -1 else DEFAULT_WINDOW
@@ -68,42 +77,56 @@ class LingbotFastEngine(WorldEngine):
         self.pools: dict[str, SlotPool] = {}
         self.sessions: dict[str, SessionStream] = {}
         self.signatures: dict[str, str] = {}
+        # agree: in an engine group, gathers every rank's admission verdict (all take or refuse together)
+        self.memory = self._memory_gate(admit=admit, max_batch=max_batch, rank=rank, agree=agree,
+                                        limit=None if memory_limit_gb is None else int(memory_limit_gb * GIB))
+        self.attention = backend_report(self.device, self.dtype, config.head_dim)  # fixed once loaded
+        (log.warning if self.attention.startswith("sdpa (") else log.info)("rank %d attention on %s: %s", rank,
+                                                                            self.device, self.attention)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
                        dtype: torch.dtype | str | None = None, window: int | None = None, sink: int | None = None,
                        sizes: list[str] | None = None, progress: bool | None = None,
                        prepare: Callable[[LingbotModels], None] | None = None,
-                       decode: bool = True) -> "LingbotFastEngine":
+                       decode: bool = True, weights: str = "bf16", t5_device: str | None = None,
+                       **options) -> "LingbotFastEngine":
         """Load the checkpoint folder (MODEL.md layout); `sizes` overrides the allowed W*H list.
 
         `prepare` sees the loaded models before any cache exists (the engine
         group applies its parallel layout there). decode=False (the group's
         followers) skips the VAE decode: chunks come back with no frames.
+        weights='fp8' stores the DiT block linears as float8; t5_device='cpu'
+        keeps the text encoder in host memory. Other options (admit,
+        max_batch, memory_limit_gb, rank) go to the constructor.
         """
         device, dtype = pick_device(device, dtype)
-        models = load_models(model_dir, device=device, dtype=dtype, progress=progress)
+        models = load_models(model_dir, device=device, dtype=dtype, progress=progress, weights=weights,
+                             t5_device=t5_device)
         if prepare is not None:
             prepare(models)
         if sizes is not None:
             policy = read_size_policy(Path(model_dir))
             models.sizes = SizePolicy(sizes=list(sizes), default_size=policy.default_size
                                       if policy.default_size in sizes else sizes[0])
-        return cls(models, model_name=Path(model_dir).resolve().name, window=window, sink=sink, decode=decode)
+        return cls(models, model_name=Path(model_dir).resolve().name, window=window, sink=sink, decode=decode,
+                   **options)
 
     # -- interface ---------------------------------------------------------
 
     def info(self) -> EngineInfo:
         c = self.models.dit.config
         summary = (f"{self.model_name}: DiT dim {c.dim} x {c.num_layers} layers, {c.control_type}, "
-                   f"window {self.window}/sink {self.sink} latent frames, {str(self.dtype).removeprefix('torch.')}")
+                   f"window {self.window}/sink {self.sink} latent frames, {str(self.dtype).removeprefix('torch.')}"
+                   f"{', fp8 DiT weights' if self.memory.plan.d.weights == 'fp8' else ''}")
         return EngineInfo(name=ENGINE_NAME, model=summary, device=str(self.device), sizes=list(self.models.sizes.sizes),
                           default_size=self.models.sizes.default_size,
                           first_chunk_frames=StreamingDecoder.video_frames_for(CHUNK_LATENTS, first_chunk=True),
                           chunk_frames=StreamingDecoder.video_frames_for(CHUNK_LATENTS, first_chunk=False),
                           max_latent_frames=ROPE_POSITIONS,
                           extra={"window": self.window, "sink": self.sink, "control_type": c.control_type,
-                                 "chunk_latents": CHUNK_LATENTS, "steps": self.pipeline.sampler.num_steps})
+                                 "chunk_latents": CHUNK_LATENTS, "steps": self.pipeline.sampler.num_steps,
+                                 "attention": self.attention})
 
     def warm_up(self) -> None:
         """One throwaway first chunk at the default size (allocations, kernels, prompt cache)."""
@@ -125,6 +148,9 @@ class LingbotFastEngine(WorldEngine):
         self.close_session(spec.session_id)  # before taking a pool: closing may drop an emptied one
         sig = self.signature(width, height)
         pool = self.pools.get(sig)
+        what = "a test frame" if spec.session_id == SCRATCH_ID else f"session {spec.session_id!r}"
+        self.memory.check(self.open_sizes(), (width, height), slot_free=pool is not None and bool(pool.free),
+                          what=what)
         if pool is None:
             frame_seqlen = self.tokens_per_frame(width, height)
             pool = self.pools[sig] = SlotPool(self.models.dit, frame_seqlen=frame_seqlen, window=self.window,
@@ -201,7 +227,38 @@ class LingbotFastEngine(WorldEngine):
         for session_id in list(self.sessions):
             self.close_session(session_id)
 
+    def health(self) -> dict:
+        """This rank's memory (used / planned / free MiB) and attention backend, for /status."""
+        return {**self.memory.report(self.open_sizes()), "attention": self.attention}
+
     # -- helpers -----------------------------------------------------------
+
+    def open_sizes(self) -> dict[tuple[int, int], int]:
+        """Open sessions per (width, height)."""
+        sizes: dict[tuple[int, int], int] = {}
+        for s in self.sessions.values():
+            sizes[s.width, s.height] = sizes.get((s.width, s.height), 0) + 1
+        return sizes
+
+    def _memory_gate(self, *, admit: bool, max_batch: int, rank: int, limit: int | None, agree) -> MemoryGate:
+        """The memory plan of this rank's layout, read off the loaded models."""
+        m = self.models
+        heads = m.dit.config.num_heads
+        meshes = [p.device_mesh.size() for p in m.dit.parameters() if hasattr(p, "device_mesh")]
+        t5_sharded = any(hasattr(p, "device_mesh") for p in m.text.model.parameters())
+        t5_here = next(m.text.model.parameters()).device.type == self.device.type
+        vae_dtype = str(m.vae.conv1.weight.dtype).removeprefix("torch.")
+        deployment = Deployment(
+            gpus=max(meshes, default=heads // m.dit.sequence.local_heads(heads)),
+            gpu_mem_gib=measure(self.device).total / GIB, ulysses=heads // m.dit.sequence.local_heads(heads),
+            dit_fsdp=bool(meshes), t5_fsdp=t5_sharded, t5_device="cuda" if t5_here else "cpu",
+            weights="fp8" if is_fp8(m.dit) else "bf16", dtype=str(self.dtype).removeprefix("torch."),
+            vae_dtype=vae_dtype, window=self.window, sink=self.sink, max_batch=max_batch)
+        plan = MemoryPlan(deployment, ModelShapes(dit=m.dit.config, t5=m.text.model.config, vae=m.vae.config))
+        weights = sum(module_bytes(part, self.device) for part in (m.dit, m.vae, m.text.model))
+        return MemoryGate(plan, self.device, weights_bytes=weights, rank=rank, limit_bytes=limit, enabled=admit,
+                          agree=agree)
+
 
     def tokens_per_frame(self, width: int, height: int) -> int:
         _, ph, pw = self.models.dit.config.patch_size

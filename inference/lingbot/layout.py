@@ -25,6 +25,7 @@ from inference.engine.base import LINGBOT_SIZES
 from inference.models.checkpoint import CheckpointError, load_dit_checkpoint
 from inference.models.config import DiTConfig
 from inference.models.dit import CausalDiT
+from inference.models.fp8 import quantize_blocks
 from inference.models.t5 import T5_CHECKPOINT_FILE, T5_TOKENIZER_DIR, T5Config, TextEncoder
 from inference.models.vae import VAEConfig, WanVAE, load_vae
 from inference.models.weights import download_command
@@ -113,14 +114,23 @@ def read_dit_config(model_dir: Path) -> DiTConfig:
 
 
 def load_models(model_dir: str | Path, *, device: torch.device, dtype: torch.dtype,
-                progress: bool | None = None) -> LingbotModels:
-    """Load DiT and umT5 + tokenizer straight onto device/dtype (the VAE in float32); clear errors on missing files."""
+                progress: bool | None = None, weights: str = "bf16",
+                t5_device: torch.device | str | None = None) -> LingbotModels:
+    """Load DiT and umT5 + tokenizer straight onto device/dtype (the VAE in float32); clear errors on missing files.
+
+    weights='fp8' stores the DiT blocks' linear weights as float8 (inference/models/fp8.py) right after
+    loading; t5_device (e.g. 'cpu') keeps the text encoder off the DiT's device (slower prompt changes).
+    """
     model_dir = Path(model_dir)
+    if weights not in ("bf16", "fp8"):
+        raise ValueError(f"weights {weights!r}: expected 'bf16' (the checkpoint's dtype) or 'fp8'")
     check_folder(model_dir)
     try:
         dit = load_dit_checkpoint(model_dir / DIT_DIR, device=device, dtype=dtype, progress=progress)
     except CheckpointError as exc:
         raise ModelFolderError(str(exc)) from exc
+    if weights == "fp8":
+        quantize_blocks(dit, dit.blocks)
     # The VAE stays float32 on every device, as the reference's VAE wrapper keeps it (bf16 costs decode fidelity).
     vae = load_vae(model_dir / VAE_FILE, device=device, dtype=torch.float32, config=read_vae_config(model_dir),
                    model_dir=model_dir)
@@ -128,5 +138,6 @@ def load_models(model_dir: str | Path, *, device: torch.device, dtype: torch.dty
     if t5_config.dim != dit.config.text_dim:
         raise ValueError(f"umT5 width {t5_config.dim} does not match the DiT text_dim {dit.config.text_dim}; "
                          f"{model_dir} mixes files of different models")
-    text = TextEncoder.from_checkpoint(model_dir, device=device, dtype=dtype, config=t5_config)
+    text = TextEncoder.from_checkpoint(model_dir, device=device if t5_device is None else t5_device, dtype=dtype,
+                                       config=t5_config)
     return LingbotModels(dit=dit, vae=vae, text=text, sizes=read_size_policy(model_dir))

@@ -8,9 +8,17 @@ from the prompt.
 Condition. `y` = 4 mask channels (ones on the session's latent frame 0 only)
 + the VAE latent of [start image, black, black, ...], encoded chunk by
 chunk with the causal streaming encoder (equal to encoding the whole video
-at once). Once the encoder's causal cache stops changing between two black
-chunks, every later chunk's latent is identical, so it is kept and the
-encoder (and its cache) dropped: exact, and no VAE encode in steady state.
+at once). Once a black chunk's encode leaves every slot of the encoder's
+causal cache unchanged, the cache is a fixed point and every later chunk's
+latent is identical, so it is kept and the encoder (and its cache) dropped:
+exact, and no VAE encode in steady state. The check compares each slot as
+it is overwritten (no copy of the cache is kept) and costs one device sync
+per chunk.
+
+Camera. On a GPU the per-size camera-frame ray directions stay on the
+device; per chunk only the (n, 3, 4) relative poses cross from the host and
+the rays are rotated there (`StreamingCamera.chunk_on`, equal to the host
+fold to float32 rounding). A CPU engine folds on the host, where it runs.
 
 Noise. A torch.Generator seeded with the session seed draws each chunk's
 initial noise and then the re-noising noise of each step, so the same seed
@@ -26,6 +34,7 @@ from PIL import Image
 
 from inference.models.camera import StreamingCamera, StreamingCameraConfig
 from inference.models.vae import TIME_STRIDE, SPACE_STRIDE, StreamingDecoder, StreamingEncoder, WanVAE
+from inference.models.vae_layers import CausalCache
 
 MASK_CHANNELS = 4
 
@@ -46,6 +55,28 @@ def start_frame(image: np.ndarray | None, width: int, height: int) -> torch.Tens
     return frame[None, :, None]  # (1, 3, 1, H, W)
 
 
+class ChangeTrackingCache(CausalCache):
+    """A causal cache that notes whether any write replaced a slot by different content (no copies kept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: bool | torch.Tensor = False  # a device bool tensor while comparisons are pending
+
+    def write(self, value) -> None:
+        old = self.slots[self.cursor]
+        if isinstance(old, torch.Tensor) and isinstance(value, torch.Tensor) and old.shape == value.shape:
+            differs = torch.ne(old, value).any()  # stays on the device: no sync per slot
+            self.changed = differs if self.changed is False else self.changed | differs
+        elif old is not value:
+            self.changed = True
+        super().write(value)
+
+    def take_changed(self) -> bool:
+        """Whether anything changed since the last call (one device sync), then start counting afresh."""
+        changed, self.changed = self.changed, False
+        return bool(changed)
+
+
 class ConditionStream:
     """The i2v condition y (1, 20, n, h, w) of each successive chunk of one session."""
 
@@ -54,7 +85,7 @@ class ConditionStream:
         self.image = image  # (1, 3, 1, H, W) on the VAE's device
         self.chunk_latents = chunk_latents
         self.encoder: StreamingEncoder | None = StreamingEncoder(vae)
-        self.previous_state: list | None = None
+        self.encoder.cache = ChangeTrackingCache()
         self.steady: torch.Tensor | None = None
         self.chunks = 0
 
@@ -75,25 +106,11 @@ class ConditionStream:
             mask[:, :, 0] = 1.0
         y = torch.cat([mask, latent], dim=1)  # (1, 20, n, h, w)
         self.chunks += 1
-        if not first:
-            self._detect_steady_state(y)
+        changed = self.encoder.cache.take_changed()
+        if not first and not changed:  # the cache this chunk started from is a fixed point: y never changes again
+            self.steady = y
+            self.encoder = None
         return y
-
-    def _detect_steady_state(self, y: torch.Tensor) -> None:
-        """Keep y and drop the encoder once its cache equals the one after the previous black chunk."""
-        state = [s.clone() if isinstance(s, torch.Tensor) else s for s in self.encoder.cache.slots]
-        previous, self.previous_state = self.previous_state, state
-        if previous is None or len(previous) != len(state):
-            return
-        for a, b in zip(previous, state):
-            same = (a is None and b is None) or (
-                isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-                and torch.equal(a, b))
-            if not same:
-                return
-        self.steady = y
-        self.encoder = None
-        self.previous_state = None
 
 
 class SessionStream:
@@ -135,5 +152,11 @@ class SessionStream:
         return torch.randn(like_shape, generator=self.generator, device=device, dtype=torch.float32)
 
     def control(self, poses: np.ndarray, keys: np.ndarray, device: torch.device) -> torch.Tensor:
-        """(F, 4, 4) poses + (F, 8) keys -> (1, C, n, h, w) float32 camera condition on device."""
-        return torch.from_numpy(self.camera.chunk(poses, keys)).to(device)
+        """(F, 4, 4) poses + (F, 8) keys -> (1, C, n, h, w) float32 camera condition, built on device.
+
+        On an accelerator the rays are rotated there (only the relative poses
+        cross); on the CPU the host fold already runs where the DiT does.
+        """
+        if device.type == "cpu":
+            return torch.from_numpy(self.camera.chunk(poses, keys))
+        return self.camera.chunk_on(poses, keys, device)

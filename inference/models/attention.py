@@ -7,18 +7,22 @@ import functools
 import torch
 import torch.nn.functional as F
 
+_import_errors: dict[str, str] = {}  # why a flash build is unusable (missing, or built against another torch)
+
 try:  # FlashAttention 3 (Hopper build)
     import flash_attn_interface as _fa3
-except Exception:  # noqa: BLE001 - a missing or broken build means "not available"
-    _fa3 = None
+except Exception as exc:  # noqa: BLE001 - a missing or broken build means "not available"
+    _fa3, _import_errors["fa3"] = None, f"{type(exc).__name__}: {exc}"
 
 try:  # FlashAttention 2
     import flash_attn as _fa2
-except Exception:  # noqa: BLE001
-    _fa2 = None
+except Exception as exc:  # noqa: BLE001
+    _fa2, _import_errors["fa2"] = None, f"{type(exc).__name__}: {exc}"
 
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 FA2_MAX_HEAD_DIM = 256
+FA3_CAPABILITY = (9, 0)  # FlashAttention 3 kernels are built for sm_90 (Hopper) only
+FA3_HEAD_DIMS = (64, 128, 256)  # compiled by every FA3 release (some add others); the DiT's is 128
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,15 +33,32 @@ def _compute_capability(device_index: int) -> tuple[int, int]:
 def attention_backend(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None) -> str:
     """Which kernel `attention` will use for these inputs: 'fa3', 'fa2' or 'sdpa'."""
     flash_ok = (q.is_cuda and key_mask is None and q.dtype in FLASH_DTYPES and k.dtype == q.dtype
-                and q.shape[-1] <= FA2_MAX_HEAD_DIM)
+                and q.shape[-1] <= FA2_MAX_HEAD_DIM and q.shape[-1] % 8 == 0)
     if not flash_ok:
         return "sdpa"
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    if _fa3 is not None and _compute_capability(index)[0] >= 9:
+    if _fa3 is not None and _compute_capability(index) == FA3_CAPABILITY and q.shape[-1] in FA3_HEAD_DIMS:
         return "fa3"
     if _fa2 is not None and _compute_capability(index)[0] >= 8:
         return "fa2"
     return "sdpa"
+
+
+def backend_report(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The backend the DiT gets on this device/dtype, with the reason when a GPU falls back to SDPA."""
+    if device.type != "cuda":
+        return "sdpa"
+    probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
+    backend = attention_backend(probe, probe)
+    if backend != "sdpa":
+        return backend
+    major, minor = _compute_capability(probe.device.index)
+    why = [f"{name} unavailable ({err})" for name, err in _import_errors.items()]
+    if dtype not in FLASH_DTYPES:
+        why.append(f"dtype {str(dtype).removeprefix('torch.')} is not fp16/bf16")
+    if head_dim % 8 or head_dim > FA2_MAX_HEAD_DIM:
+        why.append(f"head_dim {head_dim} is not a multiple of 8 up to {FA2_MAX_HEAD_DIM}")
+    return f"sdpa ({'; '.join(why) or f'no flash kernel for sm_{major}{minor}'})"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

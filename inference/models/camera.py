@@ -45,10 +45,15 @@ last latent of a chunk.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 REFERENCE_HEIGHT, REFERENCE_WIDTH = 480, 832  # the frame size intrinsics are given for
 # fx, fy, cx, cy of the reference example camera at 832x480 (fixture `intrinsics_480x832`).
@@ -304,6 +309,18 @@ class StreamingCamera:
 
     def chunk(self, poses: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """(F, 4, 4) video-frame poses [+ (F, 8) key fractions for `act`] -> (1, C, n, h/8, w/8) float32."""
+        rel, states = self.advance(poses, keys)
+        return self._fold(rel, states)
+
+    def chunk_on(self, poses: np.ndarray, keys: np.ndarray | None, device) -> "torch.Tensor":
+        """`chunk` built on `device`: only the (n, 3, 4) relative poses cross from the host; equal to `chunk`."""
+        rel, states = self.advance(poses, keys)
+        c = self.config
+        directions = folded_directions_on(c.height, c.width, tuple(c.intrinsics), str(device))
+        return fold_on_device(rel, states, directions)
+
+    def advance(self, poses: np.ndarray, keys: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Move the session on by one chunk: (n, 4, 4) float32 relative latent poses, (n, 4) W/A/S/D or None."""
         poses = np.asarray(poses, dtype=np.float64)
         expected = self.expected_frames()
         if poses.shape != (expected, 4, 4):
@@ -321,7 +338,7 @@ class StreamingCamera:
         self._last_pose = latent_poses[-1].copy()
         self.latents_done += len(picks)
         states = None if wasd is None else wasd[picks]  # (n, 4) W/A/S/D at each latent's own frame
-        return self._fold(rel.astype(np.float32), states)
+        return rel.astype(np.float32), states
 
     def _wasd_rows(self, keys: np.ndarray | None, frames: int) -> np.ndarray | None:
         """(F, 4) W/A/S/D fractions of the chunk for `act`; None for `cam`."""
@@ -346,3 +363,32 @@ class StreamingCamera:
             extra_at = 0 if states is None else 3 * block
             out[0, extra_at:extra_at + len(extra) * block, f] = np.repeat(extra, block)[:, None, None]
         return out
+
+
+@functools.lru_cache(maxsize=16)
+def folded_directions_on(height: int, width: int, intrinsics: tuple[float, ...], device: str) -> "torch.Tensor":
+    """(3, 64, h/8, w/8) float32 camera-frame ray directions of one frame size, made once per size and device."""
+    import torch
+
+    ks = scale_intrinsics(intrinsics, height, width)
+    folded = fold_pixel_blocks(camera_ray_directions(ks, height, width).reshape(1, height, width, 3))
+    planes = folded[0, :, 0].reshape(3, PIXELS_PER_LATENT ** 2, *folded.shape[-2:])
+    return torch.from_numpy(np.ascontiguousarray(planes)).to(device)
+
+
+def fold_on_device(rel: np.ndarray, states: np.ndarray | None, directions: "torch.Tensor") -> "torch.Tensor":
+    """(n, 4, 4) float32 relative poses [+ (n, 4) W/A/S/D] -> (1, C, n, h/8, w/8) on the directions' device."""
+    import torch
+
+    n = len(rel)
+    extra = rel[:, :3, 3] if states is None else states  # (n, 3) origins or (n, 4) W/A/S/D
+    host = np.concatenate([rel[:, :3, :3].reshape(n, 9), extra], axis=1).astype(np.float32)  # (n, 9 + k)
+    packed = torch.from_numpy(host).to(directions.device)  # the only host -> device copy
+    d = directions  # (3, 64, h, w)
+    block = PIXELS_PER_LATENT ** 2
+    rays = packed[:, :9].reshape(n, 3, 3) @ d.reshape(3, -1)  # (n, 3, 64*h*w): R @ camera-frame rays
+    rays = rays.reshape(n, 3 * block, *d.shape[-2:]).transpose(0, 1)  # (192, n, h, w)
+    planes = packed[:, 9:].repeat_interleave(block, dim=1).T[:, :, None, None]  # (k*64, n, 1, 1)
+    planes = planes.expand(-1, -1, *d.shape[-2:])
+    parts = [planes, rays] if states is None else [rays, planes]  # cam: origins first; act: directions first
+    return torch.cat(parts, dim=0)[None]  # (1, C, n, h, w)

@@ -69,12 +69,14 @@ def first_frames(srv) -> list[bytes]:
 
 @pytest.mark.slow
 def test_two_rank_group_streams_the_same_frames_as_one_rank(server_factory, tiny_dir):
-    """Same seed, no keys: the 2-rank group's first frames match the 1-rank engine's, and /status shows 2 ranks."""
+    """Same seed, no keys: the 2-rank group's first frames match the 1-rank engine's, and /status shows 2 ranks
+    with their memory and attention backend."""
     group = group_server(server_factory, tiny_dir)
     status = group.json("/status")["engine"]
     assert status["world_size"] == 2
     ranks = status_ranks(group)
     assert sorted(r["rank"] for r in ranks) == [0, 1] and all(r["alive"] for r in ranks)
+    assert all(r["memory_used_mb"] > 0 and r["memory_planned_mb"] > 0 and r["attention"] == "sdpa" for r in ranks)
     grouped = first_frames(group)
     assert group.json("/status")["engine"]["restarts"] == 0, group.log_tail()
     group.stop()
