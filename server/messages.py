@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 
 from inference.controls import canonical_key
 
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
+MAX_SAFE_NUMBER = 2**53  # echoed numbers stay exact in a browser's JSON.parse
 
 
 class ClientError(Exception):
@@ -159,6 +161,8 @@ def _parse_ping(obj: dict) -> Ping:
     t = obj.get("t")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float, str))):
         raise ClientError("bad_field", "field 't' must be a number or string")
+    if isinstance(t, (int, float)) and ((isinstance(t, float) and not math.isfinite(t)) or abs(t) > MAX_SAFE_NUMBER):
+        raise ClientError("bad_field", "field 't' must be a finite number within +/-2**53")
     if isinstance(t, str):
         t = t[:64]
     return Ping(t=t)
