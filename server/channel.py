@@ -24,6 +24,7 @@ log = logging.getLogger("front.channel")
 
 TEXT_QUEUE_LIMIT = 256  # JSON messages are few; a client that lets this many pile up is not reading: close 1013
 SEND_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes waiting in the socket's buffer (e.g. automatic pongs to a ping flood)
+CONGESTED_AFTER_S = 0.5  # a send blocked this long: the client takes no frames now (its world stops generating)
 
 
 class ClientChannel:
@@ -119,6 +120,10 @@ class ClientChannel:
     def blocked_s(self, now: float) -> float:
         """Seconds the current send has waited for the client to take data (0 when not sending)."""
         return 0.0 if self._sending_since is None else now - self._sending_since
+
+    def congested(self, now: float) -> bool:
+        """The client has not taken data for a while: new frames would only be dropped."""
+        return self.closing or self.blocked_s(now) > CONGESTED_AFTER_S
 
     def buffered_bytes(self) -> int:
         transport = getattr(self.ws, "transport", None)

@@ -61,6 +61,8 @@ class SessionListener(Protocol):
 
     def session_closed(self, session: "Session") -> None: ...
 
+    def wants_frames(self) -> bool: ...
+
 
 class Session:
     """One world: requests chunks as its playback policy says, plays them at 16 fps, emits to its listeners."""
@@ -84,6 +86,7 @@ class Session:
         self.prompt = params.prompt  # the prompt the engine uses
         self.wanted_prompt = params.prompt  # the newest prompt the client asked for
         self.prompt_in_flight: str | None = None
+        self.prompt_changes = 0  # prompt changes sent to the engine
         self.prompt_interval_s = prompt_interval_s
         self._next_prompt_at = 0.0
         self._prompt_timer: asyncio.TimerHandle | None = None
@@ -172,6 +175,7 @@ class Session:
             self._prompt_timer = asyncio.get_running_loop().call_later(self._next_prompt_at - now, self._push_prompt)
             return
         self.send_engine(P.SetPrompt(session_id=self.id, prompt=self.wanted_prompt))
+        self.prompt_changes += 1
         self.prompt_in_flight = self.wanted_prompt
         self._next_prompt_at = now + self.prompt_interval_s
 
@@ -231,6 +235,8 @@ class Session:
     # -- the pacer ---------------------------------------------------------
 
     def _request(self, now: float) -> None:
+        if self.listeners and not any(listener.wants_frames() for listener in self.listeners):
+            return  # nobody can take frames now (a stalled client): no engine time until one can
         req = self.policy.request(now)
         if req is None:
             return
@@ -314,7 +320,7 @@ class Session:
                 "control_latency_ms": s["control_latency"], "chunk_ms": s["chunk_ms"], "prompt": self.prompt,
                 "size": f"{self.params.width}*{self.params.height}", "age_s": round(self.clock() - self.created_at, 1),
                 "late_chunks": s["late_chunks"], "stalled_s": s["stalled_s"], "batch": s.get("batch"),
-                "listeners": len(self.listeners)}
+                "prompt_changes": self.prompt_changes, "listeners": len(self.listeners)}
 
 
 __all__ = ["FRAME_S", "OpenFailed", "Session", "SessionListener", "SessionParams"]

@@ -17,6 +17,7 @@ import hmac
 import itertools
 import logging
 import secrets
+import socket
 import time
 
 from websockets.exceptions import ConnectionClosed
@@ -32,6 +33,7 @@ from server.session import OpenFailed, Session, SessionParams
 log = logging.getLogger("front.ws")
 
 CLOSE_TIMEOUT_S = 5.0  # closing handshake; the writer is aborted after it
+SOCKET_SEND_BUFFER = 256 * 1024  # kernel send buffer per client (~5 frames): a stalled client is noticed in a second
 _ordinals = itertools.count(1)
 
 
@@ -71,6 +73,9 @@ class Connection:
             self.session = None
             self._mark_idle()
 
+    def wants_frames(self) -> bool:
+        return not self.channel.congested(time.monotonic())
+
     def delivery(self) -> dict:
         return {"dropped": self.channel.frames_dropped, "queue": self.channel.queued}
 
@@ -108,7 +113,11 @@ class Connection:
         try:
             msg = parse_message(raw)
             if isinstance(msg, Init):
-                self._init(msg)
+                try:
+                    self._init(msg)
+                except ClientError as exc:
+                    exc.kind = "init"
+                    raise
             elif isinstance(msg, Ping):
                 self.channel.send_json({"type": "pong", "t": msg.t})
             elif self.session is None:
@@ -122,7 +131,10 @@ class Connection:
             elif isinstance(msg, Reset):
                 self.session.reset()
         except ClientError as exc:
-            self.error(exc.code, exc.message)
+            if exc.kind == "init" and self.session is not None:  # a refused re-init changes nothing
+                self.error(exc.code, f"{exc.message}; your current world keeps running", world="kept")
+            else:
+                self.error(exc.code, exc.message)
         except EngineUnavailable as exc:  # e.g. the engine restarts: tell the client, keep going
             self.error("engine_failed", f"the engine could not take the request: {exc}")
 
@@ -307,6 +319,10 @@ class ConnectionRegistry:
 
     async def handle(self, ws) -> None:
         """websockets handler: one Connection per socket."""
+        sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
+        if sock is not None:  # the default autotuned buffer would hide a stalled reader behind megabytes
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         conn = Connection(ws, self.hub)
         self.connections.add(conn)
         try:
