@@ -20,6 +20,7 @@ from server.http_routes import build_app
 from server.hub import SessionHub
 from server.metrics import FrontMetrics
 from server.settings import Settings, SettingsError
+from server.ws_guard import GuardedConnection
 from server.ws_handler import CLOSE_TIMEOUT_S, ConnectionRegistry
 
 log = logging.getLogger("front")
@@ -101,7 +102,7 @@ async def run_server(settings: Settings, stop: asyncio.Event) -> None:
                             max_size=settings.max_message_bytes, compression=None, origins=origins,
                             ping_interval=20, ping_timeout=20, max_queue=32,
                             open_timeout=settings.handshake_timeout_s, close_timeout=CLOSE_TIMEOUT_S,
-                            process_request=_connection_cap(settings, holder))
+                            process_request=_connection_cap(settings, holder), create_connection=GuardedConnection)
     holder["server"] = ws_server
     ws_port = ws_server.sockets[0].getsockname()[1] if ws_server.sockets else settings.ws_port
     runner, http_server, http_port = await _serve_http(hub, settings, ws_port)

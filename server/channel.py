@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 log = logging.getLogger("front.channel")
 
 TEXT_QUEUE_LIMIT = 256  # JSON messages are few; a client that lets this many pile up is not reading: close 1013
-SEND_BUFFER_LIMIT = 4 * 1024 * 1024  # bytes waiting in the socket's buffer (e.g. automatic pongs to a ping flood)
+SEND_BUFFER_LIMIT = 1024 * 1024  # bytes waiting in the socket's buffer (a frame is at most a few hundred KB)
 CONGESTED_AFTER_S = 0.5  # a send blocked this long: the client takes no frames now (its world stops generating)
 
 

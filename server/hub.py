@@ -160,9 +160,10 @@ class SessionHub:
         elif isinstance(msg, P.PromptChanged):
             s.on_prompt_changed(msg)
         elif isinstance(msg, P.EngineError) and not s.on_open_failed(msg.code, msg.message):
-            s.emit({"type": "error", "code": msg.code, "message": msg.message})
-            if not s.is_open:  # re-opening after an engine restart failed: the world is gone
-                self.close_session(s)
+            # A re-open after an engine restart failed, or the engine dropped a chunk of this world (e.g. out of
+            # positions): the world cannot go on. The client is told and may start another.
+            s.emit({"type": "error", "code": msg.code, "message": f"{msg.message}; this world has ended"})
+            self.close_session(s)
 
     def _on_engine_down(self, reason: str) -> None:
         self.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} engine: {reason}"

@@ -33,6 +33,7 @@ from server.session import OpenFailed, Session, SessionParams
 log = logging.getLogger("front.ws")
 
 CLOSE_TIMEOUT_S = 5.0  # closing handshake; the writer is aborted after it
+RESET_RATE, RESET_BURST = 1.0, 3  # resets per second per connection (each restarts the stream with a first chunk)
 SOCKET_SEND_BUFFER = 256 * 1024  # kernel send buffer per client (~5 frames): a stalled client is noticed in a second
 _ordinals = itertools.count(1)
 
@@ -48,6 +49,7 @@ class Connection:
         self.channel = ClientChannel(ws, s.send_queue_frames)
         self.messages = MessageBudget(s.control_rate, s.control_burst)
         self.inits = TokenBucket(s.init_rate, s.init_burst)
+        self.resets = TokenBucket(RESET_RATE, RESET_BURST)
         self.session: Session | None = None
         self.init_task: asyncio.Task | None = None
         self.closing = False
@@ -94,6 +96,10 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
+            dropped_for = getattr(self.ws, "dropped_for", None)
+            if dropped_for is not None and not self.closing:  # the connection class dropped it (ping flood)
+                log.warning("dropped %s (%s): %s", self.id, self.ws.remote_address, dropped_for)
+                self.hub.metrics.connections_dropped.labels(dropped_for).inc()
             self.closing = True
             self._end_world()
             await self.channel.finish(CLOSE_TIMEOUT_S)
@@ -102,6 +108,7 @@ class Connection:
         if not self.messages.take():
             if self.messages.abusive:
                 log.warning("closing %s: message flood", self.ws.remote_address)
+                self.hub.metrics.connections_dropped.labels("flood").inc()
                 self.close(1008, "message rate limit exceeded")
             elif self.messages.should_report():
                 self.error("rate_limited", f"more than {self.settings.control_rate:g} messages/s; "
@@ -129,7 +136,10 @@ class Connection:
             elif isinstance(msg, PromptChange):
                 self.session.set_prompt(msg.prompt)
             elif isinstance(msg, Reset):
-                self.session.reset()
+                if self.resets.take():
+                    self.session.reset()
+                elif self.resets.should_report():
+                    self.error("rate_limited", f"at most {RESET_BURST} resets at once, then {RESET_RATE:g} per second")
         except ClientError as exc:
             if exc.kind == "init" and self.session is not None:  # a refused re-init changes nothing
                 self.error(exc.code, f"{exc.message}; your current world keeps running", world="kept")
@@ -270,9 +280,10 @@ class Connection:
         self._end_world()
         self.channel.close(code, reason)
 
-    def abort(self, why: str) -> None:
+    def abort(self, reason: str, why: str) -> None:
         """The client takes no data: drop the connection and free its world now."""
         log.warning("dropping %s (%s): %s", self.id, self.ws.remote_address, why)
+        self.hub.metrics.connections_dropped.labels(reason).inc()
         self.closing = True
         self._end_world()
         self.channel.abort()
@@ -281,13 +292,14 @@ class Connection:
         """Watchdog tick: a client that takes no data is dropped; one without a world for too long is closed."""
         blocked = self.channel.blocked_s(now)
         if blocked > self.settings.slow_client_timeout_s:
-            self.abort(f"a send has waited {blocked:.1f} s (SLOW_CLIENT_TIMEOUT_S)")
+            self.abort("slow_client", f"a send has waited {blocked:.1f} s (SLOW_CLIENT_TIMEOUT_S)")
         elif self.channel.buffered_bytes() > SEND_BUFFER_LIMIT:
-            self.abort(f"{self.channel.buffered_bytes()} bytes wait in its socket buffer")
+            self.abort("send_buffer", f"{self.channel.buffered_bytes()} bytes wait in its socket buffer")
         elif (not self.closing and self.idle_since is not None
               and now - self.idle_since > self.settings.init_timeout_s):
             self.error("not_initialized", f"no world was started within {self.settings.init_timeout_s:g} s "
                                           "(INIT_TIMEOUT_S); closing", idle=True)
+            self.hub.metrics.connections_dropped.labels("idle").inc()
             self.close(1008, "no init")
 
 
