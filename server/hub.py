@@ -129,9 +129,9 @@ class SessionHub:
         self.metrics.sessions.set(len(self.sessions))
         return session
 
-    def open_session(self, session: Session) -> None:
+    def open_session(self, session: Session, again: bool = False) -> None:
         try:
-            session.open()
+            session.open(again)
         except EngineUnavailable as exc:  # opened again by _on_engine_ready
             session.emit({"type": "status", "state": "starting", "session_id": session.id, "reason": str(exc)})
 
@@ -179,7 +179,7 @@ class SessionHub:
         for s in list(self.sessions.values()):
             if not s.is_open:
                 s.policy.first_chunk_frames, s.policy.chunk_frames = info.first_chunk_frames, info.chunk_frames
-                self.open_session(s)
+                self.open_session(s, again=True)
 
     # -- stats -------------------------------------------------------------
 

@@ -116,14 +116,19 @@ class Session:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def open(self) -> None:
-        """Ask the engine to build the world (again, after an engine restart); raises EngineUnavailable."""
+    def open(self, again: bool = False) -> None:
+        """Ask the engine to build the world (`again`: after an engine restart); raises EngineUnavailable.
+
+        The engine keeps one pending open per owner (a newer init of a connection replaces its older one); a
+        re-open is its own owner, since a connection's current and next world are both re-opened.
+        """
         p = self.params
         self.is_open = False
         self.prompt_in_flight = None
         self.emit({"type": "status", "state": "starting", "session_id": self.id})
         self.send_engine(P.OpenSession(session_id=self.id, prompt=self.wanted_prompt, seed=p.seed, width=p.width,
-                                       height=p.height, image=p.image, owner=self.owner))
+                                       height=p.height, image=p.image,
+                                       owner=f"{self.owner}/{self.id}" if again else self.owner))
 
     def activate(self) -> None:
         """The owner switched to this world: start streaming (now, or when it is open)."""

@@ -149,10 +149,13 @@ class EngineLoop:
             self._queue(TaskItem(kind=OPEN, key=msg.session_id, owner=msg.owner or msg.session_id,
                                  task=OpenWorld(self.engine, msg), arrived_at=time.time(), info={"msg": msg}))
         elif isinstance(msg, P.SetPrompt):
-            if msg.session_id in self.signatures:
-                task = self.engine.prompt_task(msg.session_id, msg.prompt)
-                self._queue(TaskItem(kind=PROMPT, key=msg.session_id, owner=msg.session_id, task=task,
-                                     arrived_at=time.time(), info={"prompt": msg.prompt}))
+            if msg.session_id not in self.signatures:  # closed meanwhile: answered, so nothing waits on it
+                self.link.send(P.PromptChanged(session_id=msg.session_id, prompt=msg.prompt, code="bad_field",
+                                               error=f"session {msg.session_id} is not open in the engine"))
+                return
+            task = self.engine.prompt_task(msg.session_id, msg.prompt)
+            self._queue(TaskItem(kind=PROMPT, key=msg.session_id, owner=msg.session_id, task=task,
+                                 arrived_at=time.time(), info={"prompt": msg.prompt}))
         elif isinstance(msg, P.RenderTestFrame):
             task = self.engine.test_frame_task(msg.prompt, msg.seed, msg.width, msg.height)
             self._queue(TaskItem(kind=TEST_FRAME, key=msg.request_id, owner=msg.owner or msg.request_id,
