@@ -25,6 +25,7 @@ IDLE_WAIT_S = 0.05  # longest wait for a front message when there is nothing to 
 TASK_POLL_S = 0.01  # wait between looks for a gap while a task waits
 STALE_S = 1.0  # a session that has not asked for a chunk this long after its due time no longer constrains tasks
 DEFAULT_CHUNK_S = 0.1  # expected chunk time of a signature never measured
+UNIT_PIXELS = 832 * 480  # a test frame this size (or smaller) is one unit of test-frame cost
 
 
 class ChunkTimer:
@@ -110,13 +111,18 @@ class EngineLoop:
     # -- the loop ----------------------------------------------------------
 
     def run(self) -> None:
+        forced_last = False
         while not self.stopping:
-            batch = self.scheduler.next_batch()
+            # A task past its longest wait gets one slice even when chunks are due (a saturated engine would
+            # otherwise never open a world), but never two in a row while chunks wait.
+            late = None if forced_last and len(self.scheduler) else self.tasks.overdue(time.time())
+            batch = [] if late is not None else self.scheduler.next_batch()
             if batch:
                 self._generate(batch)
-                worked = True
+                worked, forced_last = True, False
             else:
-                worked = self._run_slice()
+                worked = self._run_slice(late)
+                forced_last = late is not None
             self._drain(0.0 if worked else self._idle_wait())
 
     def _idle_wait(self) -> float:
@@ -159,7 +165,8 @@ class EngineLoop:
         elif isinstance(msg, P.RenderTestFrame):
             task = self.engine.test_frame_task(msg.prompt, msg.seed, msg.width, msg.height)
             self._queue(TaskItem(kind=TEST_FRAME, key=msg.request_id, owner=msg.owner or msg.request_id,
-                                 task=task, arrived_at=time.time()))
+                                 task=task, arrived_at=time.time(),
+                                 scale=max(1.0, msg.width * msg.height / UNIT_PIXELS)))
         elif isinstance(msg, P.CancelTestFrame):
             self.tasks.cancel(TEST_FRAME, msg.request_id)
         elif isinstance(msg, P.ResetSession):
@@ -209,12 +216,12 @@ class EngineLoop:
                 starts.append(due - self._chunk_s(sig))
         return min(starts) - now if starts else math.inf
 
-    def _run_slice(self) -> bool:
-        """Run one slice of the task that fits before the next chunk is due; False when none does."""
+    def _run_slice(self, item: TaskItem | None = None) -> bool:
+        """Run one slice of `item`, or of the task that fits before the next chunk is due; False when none does."""
         if not len(self.tasks):
             return False
         now = time.time()
-        item = self.tasks.pick(now, self.slack_s(now))
+        item = item or self.tasks.pick(now, self.slack_s(now))
         if item is None:
             return False
         start = time.perf_counter()

@@ -61,6 +61,7 @@ class TaskItem:
     task: EngineTask
     arrived_at: float
     info: dict = field(default_factory=dict)  # reply details (prompt text, sizes, ...)
+    scale: float = 1.0  # cost relative to the kind's unit (a test frame: its pixels over a default frame's)
     slices: int = 0
     started: bool = False
 
@@ -113,21 +114,27 @@ class TaskQueue:
         """Abandon every task of a session (it closed)."""
         return [item for kind in KINDS if (item := self.cancel(kind, key)) is not None]
 
-    def expected_s(self, kind: str) -> float:
-        return self.costs[kind]
+    def expected_s(self, kind: str, scale: float = 1.0) -> float:
+        """Expected seconds of the next slice of a task of `kind` that is `scale` units large."""
+        return self.costs[kind] * scale
 
     def _fits(self, item: TaskItem, slack_s: float) -> bool:
-        return self.costs[item.kind] + self.limits.margin_s <= slack_s
+        return self.expected_s(item.kind, item.scale) + self.limits.margin_s <= slack_s
 
     def _overdue(self, item: TaskItem, now: float) -> bool:
         wait = self.limits.max_wait_s.get(item.kind)
         return wait is not None and now - item.arrived_at >= wait
 
+    def overdue(self, now: float) -> TaskItem | None:
+        """The longest-waiting task past its kind's longest wait (it runs even if a chunk is due)."""
+        late = [item for item in self._items.values() if self._overdue(item, now)]
+        return min(late, key=lambda item: item.arrived_at) if late else None
+
     def pick(self, now: float, slack_s: float) -> TaskItem | None:
         """The task whose slice should run now, or None (nothing fits before the next chunk must start)."""
-        overdue = [item for item in self._items.values() if self._overdue(item, now)]
-        if overdue:
-            return min(overdue, key=lambda item: item.arrived_at)
+        late = self.overdue(now)
+        if late is not None:
+            return late
         for queue in self._owners.values():  # round-robin order: the owner served longest ago first
             if self._fits(queue[0], slack_s):
                 return queue[0]
@@ -137,8 +144,8 @@ class TaskQueue:
         """Record a slice of `item` that took `seconds`; the owner goes to the back of the turn order."""
         item.slices += 1
         item.started = True
-        est = self.costs[item.kind]
-        self.costs[item.kind] = seconds if seconds > est else est + FALL_WEIGHT * (seconds - est)
+        est, unit = self.costs[item.kind], seconds / item.scale
+        self.costs[item.kind] = unit if unit > est else est + FALL_WEIGHT * (unit - est)
         if finished:
             self._remove(item)
         if item.owner in self._owners:
@@ -150,7 +157,7 @@ class TaskQueue:
 
     def wanted_lead(self, now: float, slack_s: float) -> float:
         """Extra playback lead that would open a gap for the costliest task that does not fit now (0: none)."""
-        blocked = [self.costs[i.kind] + self.limits.margin_s for i in self._items.values()
+        blocked = [self.expected_s(i.kind, i.scale) + self.limits.margin_s for i in self._items.values()
                    if not self._fits(i, slack_s)]
         if not blocked:
             return 0.0

@@ -166,3 +166,24 @@ def test_wanted_lead_opens_a_gap_for_a_blocked_task_only():
     assert queue.wanted_lead(NOW, slack_s=0.5) == 0.0
     queue.add(item(OPEN, "o", "conn"))
     assert queue.wanted_lead(NOW, slack_s=0.0) == pytest.approx(0.25)
+
+
+def test_a_bigger_test_frame_is_expected_to_cost_in_proportion_and_teaches_the_unit_cost():
+    """A 10-unit test frame is expected to take 10 unit costs, and its measured time is learned per unit."""
+    queue = TaskQueue(limits(first_guess_s={OPEN: 0.3, PROMPT: 0.1, TEST_FRAME: 0.2}, max_lead_s=5.0))
+    big = TaskItem(kind=TEST_FRAME, key="big", owner="ip", task=Work(), arrived_at=NOW, scale=10.0)
+    queue.add(big)
+    assert queue.pick(NOW, slack_s=1.0) is None and queue.wanted_lead(NOW, 0.0) == pytest.approx(2.02)
+    run(queue, queue.pick(NOW, slack_s=2.5), 3.0)
+    assert queue.expected_s(TEST_FRAME) == pytest.approx(0.3) and queue.expected_s(TEST_FRAME, 10.0) == pytest.approx(3.0)
+
+
+def test_the_overdue_task_is_the_longest_waiting_forcible_one():
+    """overdue() names the oldest open or prompt past its wait, never a test frame, and nothing before."""
+    queue = TaskQueue(limits(max_wait_s={OPEN: 4.0, PROMPT: 2.0, TEST_FRAME: None}, max_test_frames=5))
+    queue.add(item(TEST_FRAME, "r", "ip", at=NOW - 100))
+    queue.add(item(PROMPT, "p", "s", at=NOW))
+    queue.add(item(OPEN, "o", "c", at=NOW - 1))
+    assert queue.overdue(NOW + 1.9) is None
+    assert queue.overdue(NOW + 2.0).key == "p"
+    assert queue.overdue(NOW + 3.0).key == "o"
