@@ -238,5 +238,3 @@ def _delivery(session: Session) -> dict:
 def _struct(obj) -> dict:
     return {f: getattr(obj, f) for f in obj.__struct_fields__}
 
-
-__all__ = ["AdmissionBusy", "SessionHub"]

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from inference import protocol as P
-from server.playback import FRAME_S, PlaybackPolicy, PlayedFrame
+from server.playback import PlaybackPolicy, PlayedFrame
 
 log = logging.getLogger("front.session")
 
@@ -179,7 +179,11 @@ class Session:
         if now < self._next_prompt_at:  # the per-session prompt budget: the latest is sent when it allows
             self._prompt_timer = asyncio.get_running_loop().call_later(self._next_prompt_at - now, self._push_prompt)
             return
-        self.send_engine(P.SetPrompt(session_id=self.id, prompt=self.wanted_prompt))
+        try:
+            self.send_engine(P.SetPrompt(session_id=self.id, prompt=self.wanted_prompt))
+        except Exception as exc:  # engine down: the newest prompt goes with the re-open
+            log.info("session %s: prompt not sent: %s", self.id, exc)
+            return
         self.prompt_changes += 1
         self.prompt_in_flight = self.wanted_prompt
         self._next_prompt_at = now + self.prompt_interval_s
@@ -327,5 +331,3 @@ class Session:
                 "late_chunks": s["late_chunks"], "stalled_s": s["stalled_s"], "batch": s.get("batch"),
                 "prompt_changes": self.prompt_changes, "listeners": len(self.listeners)}
 
-
-__all__ = ["FRAME_S", "OpenFailed", "Session", "SessionListener", "SessionParams"]
