@@ -47,6 +47,26 @@ class ChunkTimer:
         return float(np.percentile(data, 50)), float(np.percentile(data, 95))
 
 
+class Deferred(EngineTask):
+    """A task made by `make()` at its first slice: building it may already refuse (e.g. an engine that is busy)."""
+
+    def __init__(self, make):
+        self.make = make
+        self.inner: EngineTask | None = None
+
+    def step(self) -> bool:
+        if self.inner is None:
+            self.inner = self.make()
+        done = self.inner.step()
+        if done:
+            self.result = self.inner.result
+        return done
+
+    def cancel(self) -> None:
+        if self.inner is not None:
+            self.inner.cancel()
+
+
 class OpenWorld(EngineTask):
     """Open a session: decode its start image (one slice, when there is one), then the engine's own open task."""
 
@@ -159,11 +179,11 @@ class EngineLoop:
                 self.link.send(P.PromptChanged(session_id=msg.session_id, prompt=msg.prompt, code="bad_field",
                                                error=f"session {msg.session_id} is not open in the engine"))
                 return
-            task = self.engine.prompt_task(msg.session_id, msg.prompt)
+            task = Deferred(lambda m=msg: self.engine.prompt_task(m.session_id, m.prompt))
             self._queue(TaskItem(kind=PROMPT, key=msg.session_id, owner=msg.session_id, task=task,
                                  arrived_at=time.time(), info={"prompt": msg.prompt}))
         elif isinstance(msg, P.RenderTestFrame):
-            task = self.engine.test_frame_task(msg.prompt, msg.seed, msg.width, msg.height)
+            task = Deferred(lambda m=msg: self.engine.test_frame_task(m.prompt, m.seed, m.width, m.height))
             self._queue(TaskItem(kind=TEST_FRAME, key=msg.request_id, owner=msg.owner or msg.request_id,
                                  task=task, arrived_at=time.time(),
                                  scale=max(1.0, msg.width * msg.height / UNIT_PIXELS)))
