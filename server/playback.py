@@ -13,8 +13,8 @@ about one chunk plus one round trip.
 
 Pacing. One frame per interval: 1/16 s while the engine keeps up; when the
 typical round trip (median of the last few) is longer than a chunk of video,
-the interval stretches to round trip / frames per chunk, so playback slows
-evenly instead of stalling and bursting. A small lateness is caught up; after
+the interval stretches to round trip / frames per chunk (plus 2 %), so
+playback slows evenly instead of stalling and bursting. A small lateness is caught up; after
 a stall the clock restarts (no burst).
 """
 
@@ -35,7 +35,7 @@ RTT_GUESS_S = 0.3  # round trip assumed before the first measurement
 RTT_WEIGHT = 0.3  # EMA weight of the newest round trip
 RTT_MEDIAN_OF = 5  # round trips whose median decides the playback interval
 MAX_EXTRA_LEAD_S = 1.0  # most extra lead an engine may ask for
-SLOW_HEADROOM = 1.05  # a slowed interval is this much longer than the round trip allows, so the buffer refills
+SLOW_HEADROOM = 1.02  # a slowed interval is this much longer than the round trip allows, so the buffer refills
 
 
 @dataclass(kw_only=True)
@@ -223,13 +223,15 @@ class PlaybackPolicy:
             played.latencies_s.append(now - self._targets.popleft()[1])
         return played
 
-    def next_wake(self, now: float) -> float | None:
-        """When the next frame is due (None: nothing buffered)."""
-        if not self.buffer:
-            return None
-        if self.next_due is None or self.next_due < now - self.interval_s / 2:
-            return now
-        return self.next_due
+    def next_wake(self, now: float, requesting: bool = True) -> float | None:
+        """When the pacer must look again: the next frame is due or (`requesting`) the next request is."""
+        times = []
+        if self.buffer:
+            restart = self.next_due is None or self.next_due < now - self.interval_s / 2
+            times.append(now if restart else self.next_due)
+        if requesting and self.streaming and self.in_flight is None:  # the buffer reaches the lead at a known time
+            times.append(now + max(0.0, self.remaining_s(now) - self.lead_s()))
+        return min(times) if times else None
 
     def update_state(self, now: float, played: bool) -> str | None:
         """Move between generating and stalled after a pacer tick; returns the new state when it changed."""

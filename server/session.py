@@ -30,6 +30,7 @@ log = logging.getLogger("front.session")
 
 LATENCY_KEEP = 256
 IDLE_POLL_S = 0.05  # pacer wake-up while there is nothing to show (stall detection)
+RETRY_S = 0.25  # wait before asking again when a chunk request could not be sent
 
 
 @dataclass(kw_only=True)
@@ -92,6 +93,7 @@ class Session:
         self._prompt_timer: asyncio.TimerHandle | None = None
         self.last_timings: P.ChunkTimings | None = None
         self._stalls_counted_s = 0.0
+        self._retry_at = 0.0
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._pace(), name=f"pacer-{self.id}")
@@ -243,9 +245,11 @@ class Session:
 
     # -- the pacer ---------------------------------------------------------
 
+    def _wanted(self) -> bool:
+        """Someone can take frames now (a stalled client's world asks the engine for nothing)."""
+        return not self.listeners or any(listener.wants_frames() for listener in self.listeners)
+
     def _request(self, now: float) -> None:
-        if self.listeners and not any(listener.wants_frames() for listener in self.listeners):
-            return  # nobody can take frames now (a stalled client): no engine time until one can
         req = self.policy.request(now)
         if req is None:
             return
@@ -254,15 +258,18 @@ class Session:
                                          poses=np.ascontiguousarray(req.poses, dtype=np.float64).tobytes(),
                                          keys=np.ascontiguousarray(req.keys, dtype=np.float32).tobytes(),
                                          num_frames=len(req.keys), deadline=req.deadline, requested_at=now))
-        except Exception as exc:  # engine down: the hub re-opens the session when it is back
+        except Exception as exc:  # engine down (the hub re-opens the session when it is back) or its queue full
             self.policy.unsent(req)
+            self._retry_at = now + RETRY_S
             log.info("session %s: chunk request not sent: %s", self.id, exc)
 
     async def _pace(self) -> None:
         """Ask for chunks and show frames when the policy says; sleep until the next frame is due."""
         while True:
             now = self.clock()
-            self._request(now)
+            wanted = now >= self._retry_at and self._wanted()
+            if wanted:
+                self._request(now)
             frame = self.policy.due_frame(now)
             change = self.policy.update_state(now, frame is not None)
             if change == "generating":
@@ -272,11 +279,14 @@ class Session:
             if frame is not None:
                 self._show(frame, now)
                 continue
-            wake = self.policy.next_wake(now)
+            wake = self.policy.next_wake(now, requesting=wanted)
             timeout = IDLE_POLL_S if wake is None else min(IDLE_POLL_S, max(0.0, wake - now))
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)  # cheaper than wait_for
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     def _show(self, frame: PlayedFrame, now: float) -> None:
         self._emit_frame(frame.payload)
