@@ -39,7 +39,7 @@ class TaskLimits:
     """Scheduling rules per task kind."""
 
     max_wait_s: dict[str, float | None] = field(
-        default_factory=lambda: {OPEN: 4.0, PROMPT: 3.0, TEST_FRAME: None})
+        default_factory=lambda: {OPEN: 4.0, PROMPT: 1.0, TEST_FRAME: None})
     """Longest wait for a gap before a slice runs anyway; None: never forced."""
     first_guess_s: dict[str, float] = field(default_factory=lambda: {OPEN: 0.5, PROMPT: 0.2, TEST_FRAME: 0.5})
     """Expected slice cost before anything was measured (high: a wrong low guess makes a chunk late)."""
