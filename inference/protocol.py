@@ -24,6 +24,7 @@ class OpenSession(msgspec.Struct, tag=True, kw_only=True):
     height: int
     image: bytes | None = None  # encoded JPEG/PNG start image, decoded by the engine
     owner: str = ""  # who asked (one front connection): opens are scheduled round-robin by owner, one pending each
+    replaces: str = ""  # the session this one will replace (a re-init): it pays for engine time the open forces
 
 
 class StepChunk(msgspec.Struct, tag=True, kw_only=True):

@@ -115,14 +115,16 @@ class SessionHub:
 
     # -- sessions ----------------------------------------------------------
 
-    def create_session(self, params: SessionParams, owner: object, owner_id: str) -> Session:
-        """Make a world for an admitted owner and ask the engine to build it (now, or when it is back)."""
+    def create_session(self, params: SessionParams, owner: object, owner_id: str,
+                       replaces: Session | None = None) -> Session:
+        """Make a world for an admitted owner (`replaces`: the world it will take the place of)."""
         self.reserved.pop(owner, None)
         info = self.engine.info
         first, rest = (info.first_chunk_frames, info.chunk_frames) if info else (self.settings.chunk_frames,) * 2
         session = Session(params, owner=owner_id, send_engine=self.engine.send, metrics=self.metrics,
                           first_chunk_frames=first, chunk_frames=rest,
-                          prompt_interval_s=1.0 / self.settings.prompt_rate)
+                          prompt_interval_s=1.0 / self.settings.prompt_rate,
+                          replaces=replaces.id if replaces is not None else "")
         self.sessions[session.id] = session
         self.sessions_started += 1
         self.metrics.sessions_total.inc()

@@ -69,10 +69,11 @@ class Session:
     """One world: requests chunks as its playback policy says, plays them at 16 fps, emits to its listeners."""
 
     def __init__(self, params: SessionParams, *, owner: str, send_engine, metrics, first_chunk_frames: int,
-                 chunk_frames: int, prompt_interval_s: float, clock=time.time):
+                 chunk_frames: int, prompt_interval_s: float, replaces: str = "", clock=time.time):
         self.id = uuid.uuid4().hex[:12]
         self.params = params
         self.owner = owner  # the connection that opened it (the engine schedules opens per owner)
+        self.replaces = replaces  # the world it will replace: that stream pays for engine time its open forces
         self.send_engine = send_engine  # callable(msg) -> None, raises EngineUnavailable
         self.metrics = metrics
         self.clock = clock
@@ -130,7 +131,8 @@ class Session:
         self.emit({"type": "status", "state": "starting", "session_id": self.id})
         self.send_engine(P.OpenSession(session_id=self.id, prompt=self.wanted_prompt, seed=p.seed, width=p.width,
                                        height=p.height, image=p.image,
-                                       owner=f"{self.owner}/{self.id}" if again else self.owner))
+                                       owner=f"{self.owner}/{self.id}" if again else self.owner,
+                                       replaces="" if again else self.replaces))
 
     def activate(self) -> None:
         """The owner switched to this world: start streaming (now, or when it is open)."""

@@ -195,7 +195,7 @@ class Connection:
             prompt = await self._final_prompt(msg)
             params = SessionParams(prompt=prompt, seed=msg.seed if msg.seed is not None else secrets.randbelow(2**31),
                                    width=width, height=height, image=msg.image, engine=self.settings.engine)
-            new = self.hub.create_session(params, ticket, self.id)
+            new = self.hub.create_session(params, ticket, self.id, replaces=self.session)
             new.subscribe(self)
             self.hub.open_session(new)
             try:

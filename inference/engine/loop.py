@@ -116,6 +116,7 @@ class EngineLoop:
         self.mixed_batches = 0
         self.signatures: dict[str, str] = {}  # session_id -> batching signature (open sessions)
         self.next_due: dict[str, float] = {}  # session_id -> predicted playback deadline of its next chunk
+        self.penalty_s: dict[str, float] = {}  # session_id -> forced task time its next chunk is ranked later by
         self.lead_s = 0.0
         self.timer = ChunkTimer()
         self.stopping = False
@@ -170,7 +171,8 @@ class EngineLoop:
             if sig is None:  # closed (or not opened yet) while the request was in flight
                 log.debug("step for unknown session %s ignored", msg.session_id)
                 return
-            self.scheduler.submit(PendingStep(request=msg, signature=sig, arrived_at=time.time()))
+            self.scheduler.submit(PendingStep(request=msg, signature=sig, arrived_at=time.time(),
+                                              penalty_s=self.penalty_s.pop(msg.session_id, 0.0)))
         elif isinstance(msg, P.OpenSession):
             self._queue(TaskItem(kind=OPEN, key=msg.session_id, owner=msg.owner or msg.session_id,
                                  task=OpenWorld(self.engine, msg), arrived_at=time.time(), info={"msg": msg}))
@@ -209,6 +211,7 @@ class EngineLoop:
 
     def _close(self, session_id: str) -> None:
         self.tasks.cancel_key(session_id)
+        self.penalty_s.pop(session_id, None)
         self.scheduler.drop_session(session_id)
         self.next_due.pop(session_id, None)
         if self.signatures.pop(session_id, None) is not None:
@@ -229,7 +232,7 @@ class EngineLoop:
 
     def slack_s(self, now: float) -> float:
         """Seconds until some chunk must start to meet its playback deadline (inf: nothing streams)."""
-        starts = [s.request.deadline - self._chunk_s(s.signature) for s in self.scheduler.pending.values()]
+        starts = [s.rank_deadline - self._chunk_s(s.signature) for s in self.scheduler.pending.values()]
         for session_id, due in self.next_due.items():
             sig = self.signatures.get(session_id)
             if sig is not None and session_id not in self.scheduler.pending and due > now - STALE_S:
@@ -241,9 +244,11 @@ class EngineLoop:
         if not len(self.tasks):
             return False
         now = time.time()
-        item = item or self.tasks.pick(now, self.slack_s(now))
+        slack = self.slack_s(now)
+        item = item or self.tasks.pick(now, slack)
         if item is None:
             return False
+        forced = not self.tasks.fits(item, slack)  # it may make a chunk late: its own world pays
         start = time.perf_counter()
         self.link.busy_since = now
         try:
@@ -254,11 +259,25 @@ class EngineLoop:
             return True
         finally:
             self.link.busy_since = None
-        self.tasks.ran(item, time.perf_counter() - start, finished)
+        seconds = time.perf_counter() - start
+        self.tasks.ran(item, seconds, finished)
+        if forced:
+            self._charge(item, seconds)
         self.task_ms = {kind: round(s * 1000, 1) for kind, s in self.tasks.costs.items()}
         if finished:
             self._task_done(item)
         return True
+
+    def _charge(self, item: TaskItem, seconds: float) -> None:
+        """A slice that ran although chunks were due: the world it is for (or replaces) ranks its next chunk later."""
+        payer = item.key if item.kind == PROMPT else item.info["msg"].replaces if item.kind == OPEN else ""
+        if payer not in self.signatures:
+            return  # a first open or a test frame: nobody's own stream to charge, everyone shares it
+        pending = self.scheduler.pending.get(payer)
+        if pending is not None:
+            pending.penalty_s += seconds
+        else:
+            self.penalty_s[payer] = self.penalty_s.get(payer, 0.0) + seconds
 
     def _task_done(self, item: TaskItem) -> None:
         if item.kind == OPEN:

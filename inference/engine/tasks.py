@@ -118,6 +118,10 @@ class TaskQueue:
         """Expected seconds of the next slice of a task of `kind` that is `scale` units large."""
         return self.costs[kind] * scale
 
+    def fits(self, item: TaskItem, slack_s: float) -> bool:
+        """Its next slice is expected to end (with the margin) before the next chunk must start."""
+        return self._fits(item, slack_s)
+
     def _fits(self, item: TaskItem, slack_s: float) -> bool:
         return self.expected_s(item.kind, item.scale) + self.limits.margin_s <= slack_s
 
