@@ -22,6 +22,8 @@ let conn = null;
 let config = DEFAULT_CONFIG;
 let startImage = null; // {dataUrl, width, height, bytes}
 let lastInit = null; // what to send again after a reconnect
+let runningInit = null; // the init of the world streaming now (kept when a new init is refused)
+let idleClosed = false; // the server closed the connection because no world was started: reconnect on Start
 let awaitingSession = false;
 let session = null;
 let lastStats = null;
@@ -68,6 +70,11 @@ function startSession() {
   }
   ui.clearMessage();
   lastInit = init;
+  if (idleClosed) {
+    idleClosed = false;
+    conn.connect(); // the init goes out when it opens
+    return;
+  }
   sendInit();
   view.focus({ preventScroll: true }); // keys steer right away
 }
@@ -75,10 +82,10 @@ function startSession() {
 function sendInit() {
   const hint = $("stage-hint");
   if (!hint.hidden) hint.replaceChildren(Object.assign(document.createElement("p"), { textContent: "Starting your world…" }));
-  controls.forgetServerState();
-  session = null;
+  // A running world keeps streaming (and steering) until the server has opened the new one.
+  if (!session) controls.forgetServerState();
   awaitingSession = true;
-  ui.setOverlay({ state: "starting" });
+  if (!session) ui.setOverlay({ state: "starting" });
   // Before /config has loaded there is no connection yet; the init goes out when it opens.
   if (!conn || !conn.send(lastInit)) ui.setOverlay({ state: "waiting for connection" });
 }
@@ -88,6 +95,7 @@ function onText(msg) {
   switch (msg.type) {
     case "session":
       session = msg;
+      runningInit = lastInit;
       awaitingSession = false;
       ui.setRunning(true);
       clearMessageIf(["engine_failed", "connection_lost"], true);
@@ -127,6 +135,10 @@ function clearMessageIf(codes, orInfo = false) {
 }
 
 function onServerError(msg) {
+  if (msg.idle === true && !session && !awaitingSession) {
+    idleClosed = true; // an idle page: the server closes it; Start opens a new connection
+    return;
+  }
   const { text, level } = describeError(msg.code, msg.message);
   ui.showMessage(text, level, msg.code || "");
   lastError = { code: msg.code, text, at: performance.now() };
@@ -134,7 +146,10 @@ function onServerError(msg) {
     ui.revealTokenField();
     $("token").focus();
   }
-  if (awaitingSession && INIT_FATAL.has(msg.code)) {
+  if (awaitingSession && msg.world === "kept") {
+    awaitingSession = false; // the new world was refused; the running one goes on
+    lastInit = runningInit;
+  } else if (awaitingSession && INIT_FATAL.has(msg.code)) {
     awaitingSession = false;
     lastInit = null;
     ui.setOverlay({ state: "idle" });
@@ -163,6 +178,11 @@ function onConnectionState(event) {
       break;
     case "waiting": {
       session = null;
+      if (idleClosed) {
+        conn.close(); // no reconnect until Start
+        ui.setConnectionBadge("closed", "Idle");
+        break;
+      }
       controls.forgetServerState();
       ui.setRunning(false);
       ui.setOverlay({ state: "disconnected", serverFps: NaN });

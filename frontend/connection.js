@@ -75,6 +75,7 @@ export class StreamConnection {
       this.emit("state", {
         state: "waiting", attempt: this.attempt, delayMs, code: event.code, reason: event.reason,
       });
+      if (this.stopped) return; // a listener closed it (an idle page waits for the user)
       this.timer = setTimeout(() => this.connect(), delayMs);
     };
   }

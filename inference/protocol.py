@@ -23,6 +23,8 @@ class OpenSession(msgspec.Struct, tag=True, kw_only=True):
     width: int
     height: int
     image: bytes | None = None  # encoded JPEG/PNG start image, decoded by the engine
+    owner: str = ""  # who asked (one front connection): opens are scheduled round-robin by owner, one pending each
+    replaces: str = ""  # the session this one will replace (a re-init): it pays for engine time the open forces
 
 
 class StepChunk(msgspec.Struct, tag=True, kw_only=True):
@@ -40,7 +42,11 @@ class StepChunk(msgspec.Struct, tag=True, kw_only=True):
 
 
 class SetPrompt(msgspec.Struct, tag=True, kw_only=True):
-    """Swap a session's text condition; its world state is kept."""
+    """Swap a session's text condition; its world state is kept. Answered by PromptChanged.
+
+    The front keeps at most one in flight per session; the engine also keeps
+    at most one pending per session (a newer one replaces it).
+    """
 
     session_id: str
     prompt: str
@@ -66,6 +72,13 @@ class RenderTestFrame(msgspec.Struct, tag=True, kw_only=True):
     seed: int
     width: int
     height: int
+    owner: str = ""  # the HTTP client (fairness between owners)
+
+
+class CancelTestFrame(msgspec.Struct, tag=True, kw_only=True):
+    """The HTTP request of a test frame is gone (client left or timed out): stop its work."""
+
+    request_id: str
 
 
 class Shutdown(msgspec.Struct, tag=True, kw_only=True):
@@ -149,6 +162,18 @@ class ChunkReady(msgspec.Struct, tag=True, kw_only=True):
     chunk_index: int
     num_frames: int
     timings: ChunkTimings
+    # Extra playback lead the engine asks for: request chunks this many seconds earlier, so that a
+    # waiting engine task (open, prompt, test frame) finds a gap between chunks (0: none waiting).
+    lead_s: float = 0.0
+
+
+class PromptChanged(msgspec.Struct, tag=True, kw_only=True):
+    """Answer to SetPrompt: the prompt now in use, or why it was refused (the old one stays)."""
+
+    session_id: str
+    prompt: str
+    error: str | None = None
+    code: str | None = None
 
 
 class TestFrame(msgspec.Struct, tag=True, kw_only=True):
@@ -156,7 +181,7 @@ class TestFrame(msgspec.Struct, tag=True, kw_only=True):
 
     request_id: str
     error: str | None = None
-    code: str | None = None  # with error: 'busy' (no memory for it now: retry later, HTTP 503) or 'bad_field'
+    code: str | None = None  # with error: "bad_field" (the request) or "busy" (no room in the engine now)
 
 
 class EngineError(msgspec.Struct, tag=True, kw_only=True):
@@ -200,11 +225,16 @@ class Heartbeat(msgspec.Struct, tag=True, kw_only=True):
     gpus: list[GpuInfo] = []
     batching: list[SignatureLoad] = []
     mixed_batches: int = 0  # steps whose sessions had different signatures (always 0 unless a bug)
+    tasks: int = 0  # engine tasks (opens, prompts, test frames) waiting or in progress
+    task_ms: dict[str, float] = {}  # task kind -> expected milliseconds of one slice
+    lead_ms: float = 0.0  # extra playback lead the engine asks of sessions now
 
 
-ToEngine = OpenSession | StepChunk | SetPrompt | ResetSession | CloseSession | RenderTestFrame | Shutdown
+ToEngine = (
+    OpenSession | StepChunk | SetPrompt | ResetSession | CloseSession | RenderTestFrame | CancelTestFrame | Shutdown
+)
 ToFront = (
-    EngineReady | EngineProgress | SessionOpened | ChunkReady | TestFrame | EngineError | Heartbeat
+    EngineReady | EngineProgress | SessionOpened | ChunkReady | PromptChanged | TestFrame | EngineError | Heartbeat
 )
 
 _encoder = msgspec.msgpack.Encoder()

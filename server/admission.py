@@ -1,22 +1,35 @@
-"""Admission control: does a new session fit (MAX_SESSIONS, measured capacity), and a bounded FIFO of waiting inits."""
+"""Admission control: does a new session fit (MAX_SESSIONS, measured capacity), and a bounded FIFO of waiting inits.
+
+A waiting init holds a future that resolves when it is admitted (its place
+is then reserved until its session exists) and is told its position through
+`notify` as the queue moves.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inference import protocol as P
 
+TARGET_LOAD = 0.9  # admit while the engine's chunks use at most this share of its time (room for opens, prompts)
 
-@dataclass(kw_only=True)
+
+class AdmissionBusy(Exception):
+    """No room now, and no queueing (ADMISSION=reject) or a full queue."""
+
+
+@dataclass(kw_only=True, eq=False)
 class Waiting:
-    """An init waiting for capacity: started by `start()`, told its place by `notify(position)`."""
+    """An init waiting for capacity: `future` resolves when it is admitted."""
 
     owner: object  # the connection that sent the init (one entry per connection)
     size: str  # "W*H"
-    start: Callable[[], None]
-    notify: Callable[[int], None]
+    future: asyncio.Future
+    notify: Callable[[int], None]  # told the entry's position whenever it changes
+    replacing: object | None = None  # the session this init replaces (its share is freed by the switch)
     position: int = 0  # 1 = next to start
     queued_at: float = field(default_factory=time.time)
 
@@ -31,21 +44,23 @@ def capacity_by_size(loads: list[P.SignatureLoad]) -> dict[str, float]:
 
 
 def engine_load(open_sizes: list[str], capacity: dict[str, float]) -> float:
-    """Fraction of the engine's time the open sessions need (sizes not measured yet count 0)."""
+    """Fraction of the engine's time the open sessions need (sizes not measured count 0)."""
     return sum(1.0 / capacity[size] for size in open_sizes if capacity.get(size))
 
 
-def fits_capacity(open_sizes: list[str], size: str, capacity: dict[str, float]) -> bool:
-    """True when one more `size` session keeps every session at the target fps (the first always fits).
+def fits_capacity(open_sizes: list[str], size: str, capacity: dict[str, float], target: float = TARGET_LOAD) -> bool:
+    """True when one more `size` session keeps the engine's load within `target` (the first always fits).
 
-    A size not measured yet fits while the engine has any time left.
+    Every open session must be measured first (that takes its first few
+    chunks), so a burst of inits is admitted one measurement at a time. A
+    size not measured yet counts as the costliest open size.
     """
     if not open_sizes:
         return True
-    load = engine_load(open_sizes, capacity)
-    if not capacity.get(size):
-        return load < 1.0 - 1e-9
-    return load + 1.0 / capacity[size] <= 1.0 + 1e-9
+    if any(not capacity.get(s) for s in open_sizes):
+        return False
+    share = 1.0 / capacity[size] if capacity.get(size) else max(1.0 / capacity[s] for s in open_sizes)
+    return engine_load(open_sizes, capacity) + share <= target + 1e-9
 
 
 class AdmissionQueue:
@@ -75,10 +90,12 @@ class AdmissionQueue:
         return entry.position
 
     def remove(self, owner: object) -> bool:
-        """Drop the owner's entry (a disconnect); later entries move up and are told."""
+        """Drop the owner's entry (a disconnect, a newer init); later entries move up and are told."""
         for i, entry in enumerate(self.waiting):
             if entry.owner is owner:
                 del self.waiting[i]
+                if not entry.future.done():
+                    entry.future.cancel()
                 self._renumber()
                 return True
         return False

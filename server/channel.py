@@ -1,8 +1,12 @@
-"""One client's outgoing side: a bounded frame queue (drop oldest) and a writer task.
+"""One client's outgoing side: bounded text and frame queues, and the one writer task that touches the socket.
 
-The engine and the pacers only ever call the non-blocking `send_*` methods; the
-writer task is the only place that awaits the socket, so a slow client slows
-nobody but itself.
+Everything else only calls the non-blocking methods here: `send_json`,
+`send_frame`, `close(code, reason)` (queued behind the text already waiting,
+so an error always reaches the client before the close frame) and `abort`
+(the client cannot take data: drop the TCP connection). A slow client slows
+nobody but itself: its oldest frames are dropped and counted, and the
+connection watchdog aborts it when a send has been blocked too long or its
+socket buffer grows past `SEND_BUFFER_LIMIT`.
 """
 
 from __future__ import annotations
@@ -11,17 +15,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger("front.channel")
 
-TEXT_QUEUE_LIMIT = 256  # JSON messages are few; a client that lets this many pile up is gone
+TEXT_QUEUE_LIMIT = 256  # JSON messages are few; a client that lets this many pile up is not reading: close 1013
+SEND_BUFFER_LIMIT = 1024 * 1024  # bytes waiting in the socket's buffer (a frame is at most a few hundred KB)
+CONGESTED_AFTER_S = 0.5  # a send blocked this long: the client takes no frames now (its world stops generating)
 
 
 class ClientChannel:
-    """Frames: bounded deque, oldest dropped and counted. Text: bounded, never silently dropped."""
+    """Frames: bounded deque, oldest dropped and counted. Text: bounded, overflow closes. Close: after the text."""
 
     def __init__(self, ws, max_frames: int):
         self.ws = ws
@@ -30,35 +37,39 @@ class ClientChannel:
         self.text: deque[str] = deque()
         self.frames_sent = 0
         self.frames_dropped = 0
-        self.closed = False
+        self.closing = False  # no more messages are accepted
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.finished = asyncio.Event()  # the writer has ended
+        self._sending_since: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write(), name="client-writer")
 
-    async def close(self) -> None:
-        self.closed = True
-        self._wake.set()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+    # -- what the rest of the front calls (never blocks) -------------------
 
-    def send_json(self, obj: dict) -> None:
-        if self.closed:
-            return
+    def send_json(self, obj: dict) -> bool:
+        """Queue a JSON text message; False when the channel is closing."""
+        if self.closing:
+            return False
+        try:
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        except ValueError as exc:  # a NaN or infinity in our own message: a bug, never sent as non-JSON
+            log.error("not sent to the client (%s): %.200r", exc, obj)
+            return False
         if len(self.text) >= TEXT_QUEUE_LIMIT:
-            log.warning("client text queue full (%d); closing the connection", TEXT_QUEUE_LIMIT)
-            self.closed = True
-            asyncio.create_task(self.ws.close(1013, "client not reading"))
-            return
-        self.text.append(json.dumps(obj, separators=(",", ":")))
+            log.warning("client text queue full (%d messages); closing the connection", TEXT_QUEUE_LIMIT)
+            self.close(1013, "client not reading")
+            return False
+        self.text.append(text)
         self._wake.set()
+        return True
 
     def send_frame(self, jpeg: bytes) -> int:
         """Queue a frame; returns how many older frames were dropped to make room."""
-        if self.closed:
+        if self.closing:
             return 0
         dropped = 0
         while len(self.frames) >= self.max_frames:
@@ -69,21 +80,85 @@ class ClientChannel:
         self._wake.set()
         return dropped
 
+    def drop_frames(self) -> None:
+        """Forget queued frames (the client switched to another world)."""
+        self.frames.clear()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after the text already queued; queued frames are dropped, later messages refused."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code, self.close_reason = code, reason
+        self.frames.clear()
+        self._wake.set()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now (the client cannot take even a close frame)."""
+        self.closing = True
+        self.text.clear()
+        self.frames.clear()
+        transport = getattr(self.ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+    async def finish(self, timeout_s: float) -> None:
+        """Wait for the writer to end (close sent or connection gone); abort and stop it after `timeout_s`."""
+        if not self.closing:
+            self.close(1000, "")
+        try:
+            await asyncio.wait_for(self.finished.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            self.abort()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    # -- health, for the connection watchdog -----------------------------
+
+    def blocked_s(self, now: float) -> float:
+        """Seconds the current send has waited for the client to take data (0 when not sending)."""
+        return 0.0 if self._sending_since is None else now - self._sending_since
+
+    def congested(self, now: float) -> bool:
+        """The client has not taken data for a while: new frames would only be dropped."""
+        return self.closing or self.blocked_s(now) > CONGESTED_AFTER_S
+
+    def buffered_bytes(self) -> int:
+        transport = getattr(self.ws, "transport", None)
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     @property
     def queued(self) -> int:
         return len(self.frames)
 
+    # -- the writer ----------------------------------------------------------
+
+    async def _send(self, message) -> None:
+        self._sending_since = time.monotonic()
+        try:
+            await self.ws.send(message)
+        finally:
+            self._sending_since = None
+
     async def _write(self) -> None:
         try:
-            while not self.closed:
-                if not self.text and not self.frames:
+            while True:
+                if self.text:
+                    await self._send(self.text.popleft())
+                elif self.close_code is not None:
+                    self._sending_since = time.monotonic()
+                    await self.ws.close(self.close_code, self.close_reason)
+                    return
+                elif self.frames:
+                    await self._send(self.frames.popleft())
+                    self.frames_sent += 1
+                else:
                     self._wake.clear()
                     await self._wake.wait()
-                    continue
-                if self.text:
-                    await self.ws.send(self.text.popleft())
-                else:
-                    await self.ws.send(self.frames.popleft())
-                    self.frames_sent += 1
         except ConnectionClosed:
-            self.closed = True
+            pass
+        finally:
+            self.closing = True
+            self.finished.set()

@@ -65,6 +65,20 @@ class EngineSupervisor:
     def ready(self) -> bool:
         return self.state == "ready"
 
+    def heartbeat_age_s(self) -> float | None:
+        """Seconds since the engine last said anything (None when no engine runs)."""
+        return round(time.time() - self._last_beat, 2) if self._proc is not None else None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the engine cannot take a session now (None: it can): down, starting, or late heartbeats."""
+        if not self.ready:
+            return self.reason
+        age = time.time() - self._last_beat
+        if age > self.settings.heartbeat_late_s:
+            return (f"engine heartbeat late: none for {age:.1f} s (HEARTBEAT_LATE_S="
+                    f"{self.settings.heartbeat_late_s:g}); it is restarted after {self.settings.heartbeat_timeout_s:g} s")
+        return None
+
     async def start(self) -> None:
         self._stopping = False
         self._supervisor = asyncio.create_task(self._supervise(), name="engine-supervisor")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -13,6 +14,7 @@ from server import __version__
 from server.engine_link import EngineUnavailable
 from server.hub import SessionHub
 from server.messages import ClientError, image_field, prompt_field
+from server.testframe import TestFrameRefused
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 HUB_KEY = web.AppKey("hub", SessionHub)
@@ -20,8 +22,9 @@ WS_PORT_KEY = web.AppKey("ws_port", int)
 MAX_TEST_FRAME_SIDE = 2048
 
 
-def _json(data: dict, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, separators=(",", ":")))
+def _json(data: dict, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers,
+                             dumps=lambda o: json.dumps(o, separators=(",", ":"), allow_nan=False))
 
 
 def _authorised(request: web.Request) -> bool:
@@ -45,10 +48,11 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    if hub.engine.ready:
+    reason = hub.engine.not_ready_reason()
+    if reason is None:
         return _json({"ready": True, "engine": hub.engine.info.engine, "sessions": len(hub.sessions),
                       "max_sessions": hub.settings.max_sessions})
-    return _json({"ready": False, "reason": hub.engine.reason}, status=503)
+    return _json({"ready": False, "reason": reason}, status=503)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -91,12 +95,15 @@ async def test_frame(request: web.Request) -> web.Response:
     seed = _int_param(request, "seed", 0, 0, 2**63 - 1)
     width = _int_param(request, "width", 832, 16, MAX_TEST_FRAME_SIDE)
     height = _int_param(request, "height", 480, 16, MAX_TEST_FRAME_SIDE)
-    if not hub.engine.ready:
-        return _json({"error": "not_ready", "message": hub.engine.reason}, 503)
+    reason = hub.engine.not_ready_reason()
+    if reason is not None:
+        return _json({"error": "not_ready", "message": reason}, 503, {"Retry-After": "5"})
     try:
-        jpeg = await hub.test_frame(prompt, seed, width, height)
+        jpeg = await hub.test_frames.render(prompt, seed, width, height, owner=request.remote or "")
+    except TestFrameRefused as exc:
+        return _json({"error": "busy", "message": exc.message}, exc.status, {"Retry-After": str(exc.retry_after_s)})
     except EngineUnavailable as exc:
-        return _json({"error": "not_ready", "message": str(exc)}, 503)
+        return _json({"error": "not_ready", "message": str(exc)}, 503, {"Retry-After": "5"})
     except ValueError as exc:
         return _json({"error": "bad_field", "message": str(exc)}, 400)
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
@@ -119,7 +126,7 @@ async def upsample(request: web.Request) -> web.Response:
         return _deny()
     hub = request.app[HUB_KEY]
     try:
-        body = await request.json()
+        body = json.loads(await asyncio.wait_for(request.read(), hub.settings.handshake_timeout_s))
         if not isinstance(body, dict):
             raise ClientError("bad_json", "body must be a JSON object")
         prompt, image = prompt_field(body, required=True), image_field(body.get("image"))
@@ -127,6 +134,9 @@ async def upsample(request: web.Request) -> web.Response:
         return _json({"error": exc.code, "message": exc.message}, 400)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return _json({"error": "bad_json", "message": "body is not valid JSON"}, 400)
+    except asyncio.TimeoutError:
+        return _json({"error": "bad_json", "message": f"body not received within "
+                                                      f"{hub.settings.handshake_timeout_s:g} s"}, 408)
     if hub.upsampler is None:
         return _json({"error": "upsampler_failed", "message": "prompt upsampling is not enabled (UPSAMPLER=1)"}, 503)
     result = await hub.upsampler.upsample(prompt, image)
@@ -142,8 +152,8 @@ async def index(request: web.Request) -> web.StreamResponse:
                         content_type="text/html")
 
 
-def build_app(hub: SessionHub, ws_port: int) -> web.Application:
-    app = web.Application(client_max_size=hub.settings.max_message_bytes)
+def build_app(hub: SessionHub, ws_port: int, middlewares=()) -> web.Application:
+    app = web.Application(client_max_size=hub.settings.max_message_bytes, middlewares=list(middlewares))
     app[HUB_KEY] = hub
     app[WS_PORT_KEY] = ws_port
     app.router.add_get("/health", health)

@@ -5,21 +5,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 
 from inference.controls import canonical_key
 
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
+MAX_SAFE_NUMBER = 2**53  # echoed numbers stay exact in a browser's JSON.parse
 
 
 class ClientError(Exception):
     """A bad client message: answered with a JSON `error`, the session goes on."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, kind: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.kind = kind  # the message type it was about, when known
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +81,11 @@ def parse_message(text: str) -> ClientMessage:
     parser = _PARSERS.get(kind)
     if parser is None:
         raise ClientError("unknown_type", f"unknown message type {kind[:40]!r}; expected one of {', '.join(_PARSERS)}")
-    return parser(obj)
+    try:
+        return parser(obj)
+    except ClientError as exc:
+        exc.kind = kind
+        raise
 
 
 def prompt_field(obj: dict, required: bool) -> str:
@@ -159,6 +166,10 @@ def _parse_ping(obj: dict) -> Ping:
     t = obj.get("t")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float, str))):
         raise ClientError("bad_field", "field 't' must be a number or string")
+    if isinstance(t, float) and not math.isfinite(t):
+        raise ClientError("bad_field", "field 't' must be a finite number (it parsed as infinity or NaN)")
+    if isinstance(t, int) and abs(t) > MAX_SAFE_NUMBER:
+        raise ClientError("bad_field", "field 't' must be an integer within +/-2**53 (or a finite number)")
     if isinstance(t, str):
         t = t[:64]
     return Ping(t=t)

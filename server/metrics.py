@@ -30,6 +30,9 @@ class FrontMetrics:
                                    registry=r)
         self.stalled_seconds = Counter("world_stalled_seconds", "Time sessions spent stalled", registry=r)
         self.sessions_queued = Gauge("world_sessions_queued", "Inits waiting for capacity", registry=r)
+        self.connections_dropped = Counter("world_connections_dropped",
+                                           "Connections the server ended because the client misbehaved", ["reason"],
+                                           registry=r)
 
     frames_total = 0  # plain totals for /status (prometheus counters are write-only by design)
     drops_total = 0

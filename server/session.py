@@ -1,19 +1,13 @@
-"""A streaming session: key timeline -> per-chunk poses, just-in-time requests, 16 fps pacing.
+"""A world (session): its engine state's handle, playback policy, thin pacer task, and listeners it emits to.
 
-Timing model. Chunk n covers a *control window* [R(n-1), R(n)) of wall-clock
-time, where R(n) is the moment chunk n is requested; the window is cut into the
-chunk's frames and the key timeline is sampled on it (sub-frame accurate), so
-every key edge lands in exactly one frame. A chunk is requested when the frames
-already buffered will run out within the expected round trip (EMA of measured
-request -> frames time, plus one frame of margin): late enough that the chunk
-reflects the newest keys, early enough that playback does not stall. With one
-chunk in flight per session the control windows are one chunk long in steady
-state, so key-to-screen latency is about one chunk plus one round trip.
-
-Pacing. The pacer sends one frame per interval. The interval is 1/16 s while
-the engine keeps up; when it cannot, the interval stretches to the measured
-round trip / frames per chunk, so playback slows evenly instead of bursting,
-and `stats` reports it.
+A session does not know who watches it. It emits events (JSON-able dicts)
+and frames to its listeners (today: the connection that owns it; the
+interface allows several, e.g. viewers, each with its own channel), and it
+can outlive a listener. `opened` is a future that resolves with the
+engine's batching signature or raises OpenFailed; the owner calls
+`activate()` once it has switched to the session, and streaming starts.
+Prompt changes are coalesced: at most one in flight to the engine, at most
+one every `prompt_interval_s`, the latest wins.
 """
 
 from __future__ import annotations
@@ -25,19 +19,18 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from inference import protocol as P
-from inference.controls import CameraRig, KeyTimeline
-from server.channel import ClientChannel
+from server.playback import PlaybackPolicy, PlayedFrame
 
 log = logging.getLogger("front.session")
 
-FPS = 16
-FRAME_S = 1.0 / FPS
-STALL_AFTER_S = 0.5  # no frame to show for this long -> status "stalled"
 LATENCY_KEEP = 256
+IDLE_POLL_S = 0.05  # pacer wake-up while there is nothing to show (stall detection)
+RETRY_S = 0.25  # wait before asking again when a chunk request could not be sent
 
 
 @dataclass(kw_only=True)
@@ -52,271 +45,283 @@ class SessionParams:
     engine: str
 
 
-class Session:
-    """One client's world: owns its key timeline, camera rig, playback buffer and pacer task."""
+class OpenFailed(Exception):
+    """The engine could not build the world (bad image, no room, ...)."""
 
-    def __init__(self, params: SessionParams, channel: ClientChannel, *, send_engine, metrics,
-                 first_chunk_frames: int, chunk_frames: int):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class SessionListener(Protocol):
+    """Who receives a session's output (the owning connection; later also viewers)."""
+
+    def session_event(self, session: "Session", event: dict) -> None: ...
+
+    def session_frame(self, session: "Session", jpeg: bytes) -> None: ...
+
+    def session_closed(self, session: "Session") -> None: ...
+
+    def wants_frames(self) -> bool: ...
+
+
+class Session:
+    """One world: requests chunks as its playback policy says, plays them at 16 fps, emits to its listeners."""
+
+    def __init__(self, params: SessionParams, *, owner: str, send_engine, metrics, first_chunk_frames: int,
+                 chunk_frames: int, prompt_interval_s: float, replaces: str = "", clock=time.time):
         self.id = uuid.uuid4().hex[:12]
         self.params = params
-        self.channel = channel
+        self.owner = owner  # the connection that opened it (the engine schedules opens per owner)
+        self.replaces = replaces  # the world it will replace: that stream pays for engine time its open forces
         self.send_engine = send_engine  # callable(msg) -> None, raises EngineUnavailable
         self.metrics = metrics
-        self.first_chunk_frames = first_chunk_frames
-        self.chunk_frames = chunk_frames
-        self.timeline = KeyTimeline()
-        self.rig = CameraRig()
-        self.state = "starting"
-        self.created_at = time.time()
-        self.stream_started_at = self.created_at
-        self.opened = False
+        self.clock = clock
+        self.created_at = clock()
+        self.policy = PlaybackPolicy(first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
+                                     now=self.created_at)
+        self.listeners: list[SessionListener] = []
+        self.opened: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.is_open = False  # the engine holds this world now
+        self.active = False  # its owner switched to it: stream
         self.closed = False
-        self.chunk_seq = 0  # id of the next chunk request (monotonic for the session's life)
-        self.chunk_index = 0  # chunks requested since the stream (re)started; 0 = a first chunk
-        self.in_flight_seq: int | None = None
-        self.frames_generated = 0  # frame number of the next frame the engine will produce
-        self.in_flight_since: float | None = None
-        self.in_flight_deadline: float | None = None  # playback deadline of the chunk in flight (None: first chunk)
-        self.late_chunks = 0  # chunks that arrived after their playback deadline
-        self.stalled_total_s = 0.0  # time spent stalled, ended stalls
-        self.stalled_at: float | None = None  # start of the current stall
-        self.last_request_at: float | None = None
-        self.rtt_ema_s = 0.3
-        self.last_chunk_ms: float | None = None
+        self.prompt = params.prompt  # the prompt the engine uses
+        self.wanted_prompt = params.prompt  # the newest prompt the client asked for
+        self.prompt_in_flight: str | None = None
+        self.prompt_changes = 0  # prompt changes sent to the engine
+        self.prompt_interval_s = prompt_interval_s
+        self._next_prompt_at = 0.0
+        self._prompt_timer: asyncio.TimerHandle | None = None
         self.last_timings: P.ChunkTimings | None = None
-        self.buffer: deque[tuple[int, bytes]] = deque()  # (frame number, jpeg) awaiting playback
-        self.pending_edges: list[float] = []  # edge arrival times not yet assigned to a frame
-        self.edge_targets: deque[tuple[int, float]] = deque()  # (frame number, edge time)
+        self._stalls_counted_s = 0.0
+        self._retry_at = 0.0
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
-        self.frame_times: deque[float] = deque(maxlen=64)
-        self.frames_sent = 0
-        self.interval_s = FRAME_S
-        self.on_opened_reply = None  # callable(session): sends the client's `session` reply once
-        self._replied = False
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def open(self) -> None:
-        """Ask the engine to build the world (again, after an engine restart)."""
-        p = self.params
-        self.opened = False
-        self.state = "starting"
-        self._restart_stream()
-        self.channel.send_json({"type": "status", "state": "starting", "session_id": self.id})
-        self.send_engine(P.OpenSession(session_id=self.id, prompt=p.prompt, seed=p.seed,
-                                       width=p.width, height=p.height, image=p.image))
-
-    def start_pacer(self) -> None:
         self._task = asyncio.create_task(self._pace(), name=f"pacer-{self.id}")
 
-    async def close(self) -> None:
+    # -- listeners -----------------------------------------------------------
+
+    def subscribe(self, listener: SessionListener) -> None:
+        if listener not in self.listeners:
+            self.listeners.append(listener)
+
+    def unsubscribe(self, listener: SessionListener) -> None:
+        with contextlib.suppress(ValueError):
+            self.listeners.remove(listener)
+
+    def emit(self, event: dict) -> None:
+        for listener in list(self.listeners):
+            listener.session_event(self, event)
+
+    def _emit_frame(self, jpeg: bytes) -> None:
+        for listener in list(self.listeners):
+            listener.session_frame(self, jpeg)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def open(self, again: bool = False) -> None:
+        """Ask the engine to build the world (`again`: after an engine restart); raises EngineUnavailable.
+
+        The engine keeps one pending open per owner (a newer init of a connection replaces its older one); a
+        re-open is its own owner, since a connection's current and next world are both re-opened.
+        """
+        p = self.params
+        self.is_open = False
+        self.prompt_in_flight = None
+        self.emit({"type": "status", "state": "starting", "session_id": self.id})
+        self.send_engine(P.OpenSession(session_id=self.id, prompt=self.wanted_prompt, seed=p.seed, width=p.width,
+                                       height=p.height, image=p.image,
+                                       owner=f"{self.owner}/{self.id}" if again else self.owner,
+                                       replaces="" if again else self.replaces))
+
+    def activate(self) -> None:
+        """The owner switched to this world: start streaming (now, or when it is open)."""
+        self.active = True
+        if self.is_open:
+            self.policy.start(self.clock())
+            self._wake.set()
+
+    def close(self) -> None:
+        """Stop streaming, free the engine's state and tell the listeners (idempotent)."""
+        if self.closed:
+            return
         self.closed = True
-        if self.stalled_at is not None:
-            self._end_stall(time.time())
-        self._wake.set()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        now = self.clock()
+        if self.policy.stalled_at is not None:
+            self._count_stall(now)
+        self._task.cancel()
+        if self._prompt_timer is not None:
+            self._prompt_timer.cancel()
+        if not self.opened.done():
+            self.opened.cancel()
         with contextlib.suppress(Exception):
             self.send_engine(P.CloseSession(session_id=self.id))
+        for listener in list(self.listeners):
+            listener.session_closed(self)
+        self.listeners.clear()
 
-    def _restart_stream(self) -> None:
-        """Forget everything generated so far; the next chunk is a first chunk at the start pose."""
-        self.rig.reset()
-        self.chunk_index = 0
-        self.in_flight_since = None
-        self.last_request_at = None
-        self.stream_started_at = time.time()  # keys before this moment never reach the new stream
-        self.buffer.clear()
-        self.pending_edges.clear()
-        self.edge_targets.clear()
-
-    # -- client input ------------------------------------------------------
+    # -- client input ----------------------------------------------------------
 
     def key(self, key: str, down: bool, t: float) -> None:
-        was_held = key in self.timeline.held(t)
-        self.timeline.edge(key, "down" if down else "up", t)
-        if was_held != down:
-            self.pending_edges.append(t)
+        self.policy.key(key, down, t)
 
     def release_keys(self) -> None:
-        self.timeline.release_all(time.time())
+        self.policy.release_keys(self.clock())
 
     def set_prompt(self, prompt: str) -> None:
-        self.params.prompt = prompt
-        self.send_engine(P.SetPrompt(session_id=self.id, prompt=prompt))
+        """Ask for a new prompt; it reaches the engine when the one in flight is done (latest wins)."""
+        self.wanted_prompt = prompt
+        self._push_prompt()
+
+    def _push_prompt(self) -> None:
+        self._prompt_timer = None
+        if self.closed or not self.is_open or self.prompt_in_flight is not None:
+            return
+        if self.wanted_prompt == self.prompt:
+            return
+        now = self.clock()
+        if now < self._next_prompt_at:  # the per-session prompt budget: the latest is sent when it allows
+            self._prompt_timer = asyncio.get_running_loop().call_later(self._next_prompt_at - now, self._push_prompt)
+            return
+        try:
+            self.send_engine(P.SetPrompt(session_id=self.id, prompt=self.wanted_prompt))
+        except Exception as exc:  # engine down: the newest prompt goes with the re-open
+            log.info("session %s: prompt not sent: %s", self.id, exc)
+            return
+        self.prompt_changes += 1
+        self.prompt_in_flight = self.wanted_prompt
+        self._next_prompt_at = now + self.prompt_interval_s
 
     def reset(self) -> None:
         self.send_engine(P.ResetSession(session_id=self.id))
-        self._restart_stream()
+        self.policy.restart(self.clock())
         self._wake.set()
 
     # -- engine events -----------------------------------------------------
 
-    def on_opened(self) -> None:
-        self.opened = True
-        if not self._replied and self.on_opened_reply is not None:
-            self._replied = True
-            self.on_opened_reply(self)
-        self._maybe_request(time.time())
+    def on_opened(self, signature: str, prompt: str) -> None:
+        self.is_open = True
+        self.prompt = self.params.prompt = prompt
+        if not self.opened.done():
+            self.opened.set_result(signature)
+        if self.active:  # re-opened after an engine restart: the stream starts again from the start view
+            self.policy.start(self.clock())
+            self._wake.set()
+        self._push_prompt()
+
+    def on_open_failed(self, code: str, message: str) -> bool:
+        """The engine refused to build the world; True when an owner waits on `opened` and handles it."""
+        if self.opened.done():
+            return False
+        self.opened.set_exception(OpenFailed(code, message))
+        return True
 
     def on_chunk(self, msg: P.ChunkReady, jpegs: list[bytes]) -> None:
-        if msg.chunk_index != self.in_flight_seq or self.in_flight_since is None:
+        late_before = self.policy.late_chunks
+        if not self.policy.on_chunk(msg.chunk_index, jpegs, self.clock(), msg.lead_s):
             return  # a chunk from before a reset or restart
-        now = time.time()
-        rtt = now - self.in_flight_since
-        self.rtt_ema_s = 0.7 * self.rtt_ema_s + 0.3 * rtt
-        self.in_flight_since = None
-        self.last_chunk_ms = msg.timings.total_ms
-        if self.in_flight_deadline is not None and now > self.in_flight_deadline:
-            self.late_chunks += 1
+        if self.policy.late_chunks > late_before:
             self.metrics.late_chunks.inc()
         self.last_timings = msg.timings
         self.metrics.observe_chunk(msg.timings.total_ms / 1000.0)
-        base = self.frames_generated - len(jpegs)
-        for i, jpeg in enumerate(jpegs):
-            self.buffer.append((base + i, jpeg))
-        # Slow evenly: never play faster than the engine can refill.
-        self.interval_s = max(FRAME_S, self.rtt_ema_s / max(1, len(jpegs)))
         self._wake.set()
-        self._maybe_request(now)
 
-    def on_engine_down(self) -> None:
-        self.opened = False
-        self.state = "stalled"
-        self.in_flight_since = None
-        if self.stalled_at is None:
-            self.stalled_at = time.time()
+    def on_prompt_changed(self, msg: P.PromptChanged) -> None:
+        self.prompt_in_flight = None
+        if msg.error:
+            if self.wanted_prompt == msg.prompt:
+                self.wanted_prompt = self.prompt
+            self.emit({"type": "error", "code": msg.code or "bad_field",
+                       "message": f"the prompt was not changed: {msg.error}"})
+        else:
+            self.prompt = self.params.prompt = msg.prompt
+        self._push_prompt()
 
-    # -- requests and pacing -----------------------------------------------
+    def on_engine_down(self, reason: str) -> None:
+        self.is_open = False
+        self.prompt_in_flight = None
+        self.policy.stop(self.clock())
+        self.emit({"type": "error", "code": "engine_failed",
+                   "message": f"the engine failed ({reason}); restarting it, your session resumes "
+                              "from its start view when it is back"})
 
-    def _frames_for(self, chunk_index: int) -> int:
-        return self.first_chunk_frames if chunk_index == 0 else self.chunk_frames
+    # -- the pacer ---------------------------------------------------------
 
-    def _maybe_request(self, now: float) -> None:
-        if not self.opened or self.closed or self.in_flight_since is not None:
+    def _wanted(self) -> bool:
+        """Someone can take frames now (a stalled client's world asks the engine for nothing)."""
+        return not self.listeners or any(listener.wants_frames() for listener in self.listeners)
+
+    def _request(self, now: float) -> None:
+        req = self.policy.request(now)
+        if req is None:
             return
-        remaining_s = len(self.buffer) * self.interval_s
-        if self.chunk_index > 0 and remaining_s > self.rtt_ema_s + FRAME_S:
-            return
-        n = self._frames_for(self.chunk_index)
-        t0 = self.last_request_at
-        if t0 is None:
-            t0 = max(self.stream_started_at, now - n * FRAME_S)
-        now = max(now, t0 + 1e-6)
-        keys = self.timeline.sample(t0, now, n)  # (n, 8)
-        if self.chunk_index == 0:
-            keys[0] = 0.0  # a session's first frame is the start view at the start pose
-            self.frames_generated = 0
-        poses = self.rig.advance(keys)  # (n, 4, 4)
-        self._assign_edges(t0, now, n)
-        deadline = now + remaining_s
         try:
-            self.send_engine(P.StepChunk(session_id=self.id, chunk_index=self.chunk_seq,
-                                         poses=np.ascontiguousarray(poses, dtype=np.float64).tobytes(),
-                                         keys=np.ascontiguousarray(keys, dtype=np.float32).tobytes(),
-                                         num_frames=n, deadline=deadline, requested_at=now))
-        except Exception as exc:  # engine down: the hub re-opens the session when it is back
+            self.send_engine(P.StepChunk(session_id=self.id, chunk_index=req.seq,
+                                         poses=np.ascontiguousarray(req.poses, dtype=np.float64).tobytes(),
+                                         keys=np.ascontiguousarray(req.keys, dtype=np.float32).tobytes(),
+                                         num_frames=len(req.keys), deadline=req.deadline, requested_at=now))
+        except Exception as exc:  # engine down (the hub re-opens the session when it is back) or its queue full
+            self.policy.unsent(req)
+            self._retry_at = now + RETRY_S
             log.info("session %s: chunk request not sent: %s", self.id, exc)
-            return
-        self.in_flight_since = now
-        self.in_flight_deadline = deadline if self.chunk_index > 0 else None
-        self.in_flight_seq = self.chunk_seq
-        self.last_request_at = now
-        self.chunk_seq += 1
-        self.chunk_index += 1
-        self.frames_generated += n
-
-    def _assign_edges(self, t0: float, t1: float, n: int) -> None:
-        """Map key edges of this window to the first frame whose pose they affect."""
-        span = max(t1 - t0, 1e-9)
-        for t in self.pending_edges:
-            j = min(n - 1, max(0, int((t - t0) / span * n)))
-            self.edge_targets.append((self.frames_generated + j, t))
-        self.pending_edges.clear()
 
     async def _pace(self) -> None:
-        next_due = time.time()
-        empty_since: float | None = None
-        while not self.closed:
-            now = time.time()
-            self._maybe_request(now)
-            if not self.buffer:
-                if empty_since is None:
-                    empty_since = now
-                if self.state == "generating" and now - empty_since > STALL_AFTER_S:
-                    self.state = "stalled"
-                    self.stalled_at = empty_since
-                    self.channel.send_json({"type": "status", "state": "stalled", "session_id": self.id})
-                self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.05)
-                next_due = max(next_due, time.time())
+        """Ask for chunks and show frames when the policy says; sleep until the next frame is due."""
+        while True:
+            now = self.clock()
+            wanted = now >= self._retry_at and self._wanted()
+            if wanted:
+                self._request(now)
+            frame = self.policy.due_frame(now)
+            change = self.policy.update_state(now, frame is not None)
+            if change == "generating":
+                self._count_ended_stalls()
+            if change is not None:
+                self.emit({"type": "status", "state": change, "session_id": self.id})
+            if frame is not None:
+                self._show(frame, now)
                 continue
-            empty_since = None
-            if now < next_due:
-                await asyncio.sleep(next_due - now)
-                continue
-            frame_no, jpeg = self.buffer.popleft()
-            self._emit(frame_no, jpeg, time.time())
-            # Keep a steady cadence; after a stall restart the clock instead of bursting.
-            next_due = max(next_due + self.interval_s, time.time() - self.interval_s)
+            wake = self.policy.next_wake(now, requesting=wanted)
+            timeout = IDLE_POLL_S if wake is None else min(IDLE_POLL_S, max(0.0, wake - now))
+            self._wake.clear()
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)  # cheaper than wait_for
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
-    def _emit(self, frame_no: int, jpeg: bytes, now: float) -> None:
-        if self.state != "generating":
-            if self.stalled_at is not None:
-                self._end_stall(now)
-            self.state = "generating"
-            self.channel.send_json({"type": "status", "state": "generating", "session_id": self.id})
-        dropped = self.channel.send_frame(jpeg)
-        if dropped:
-            self.metrics.frames_dropped(dropped)
+    def _show(self, frame: PlayedFrame, now: float) -> None:
+        self._emit_frame(frame.payload)
         self.metrics.frame_sent()
-        self.frames_sent += 1
-        self.frame_times.append(now)
-        while self.edge_targets and self.edge_targets[0][0] <= frame_no:
-            _, t_edge = self.edge_targets.popleft()
-            ms = (now - t_edge) * 1000.0
-            self.latencies_ms.append(ms)
-            self.metrics.observe_control_latency(ms / 1000.0)
+        for seconds in frame.latencies_s:
+            self.latencies_ms.append(seconds * 1000.0)
+            self.metrics.observe_control_latency(seconds)
 
-    def _end_stall(self, now: float) -> None:
-        seconds = max(0.0, now - self.stalled_at)
-        self.stalled_total_s += seconds
-        self.metrics.stalled_seconds.inc(seconds)
-        self.stalled_at = None
+    def _count_ended_stalls(self) -> None:
+        new = self.policy.stalled_total_s - self._stalls_counted_s
+        self._stalls_counted_s = self.policy.stalled_total_s
+        self.metrics.stalled_seconds.inc(max(0.0, new))
 
-    # -- reporting ---------------------------------------------------------
+    def _count_stall(self, now: float) -> None:
+        self.metrics.stalled_seconds.inc(max(0.0, now - self.policy.stalled_at))
 
-    def stalled_s(self) -> float:
-        """Seconds this session had no frame to show after it started playing (ongoing stall included)."""
-        ongoing = time.time() - self.stalled_at if self.stalled_at is not None else 0.0
-        return round(self.stalled_total_s + ongoing, 2)
-
-    def fps(self) -> float:
-        times = [t for t in self.frame_times if t > time.time() - 2.0]
-        if len(times) < 2:
-            return 0.0
-        return (len(times) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else 0.0
+    # -- reporting -----------------------------------------------------------
 
     def latency_ms(self) -> dict:
         if not self.latencies_ms:
             return {"p50": None, "p95": None, "last": None}
-        data = np.asarray(self.latencies_ms)
-        return {"p50": round(float(np.percentile(data, 50)), 1), "p95": round(float(np.percentile(data, 95)), 1),
-                "last": round(float(data[-1]), 1)}
+        p50, p95 = np.percentile(np.asarray(self.latencies_ms), [50, 95])
+        return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "last": round(self.latencies_ms[-1], 1)}
 
     def stats(self) -> dict:
+        now, pol = self.clock(), self.policy
         latency = self.latency_ms()
-        return {"type": "stats", "fps": round(self.fps(), 2), "frames": self.frames_sent,
-                "dropped": self.channel.frames_dropped, "chunk_ms": self.last_chunk_ms and round(self.last_chunk_ms, 1),
+        return {"type": "stats", "fps": round(pol.fps(now), 2), "frames": pol.frames_played,
+                "chunk_ms": self.last_timings and round(self.last_timings.total_ms, 1),
                 "control_latency_ms": latency["p50"], "control_latency": latency,
-                "queue": self.channel.queued, "buffered": len(self.buffer),
-                "target_fps": round(1.0 / self.interval_s, 2), "engine_keeping_up": self.interval_s <= FRAME_S * 1.01,
-                "state": self.state, "late_chunks": self.late_chunks, "stalled_s": self.stalled_s(),
+                "buffered": len(pol.buffer), "target_fps": round(1.0 / pol.interval_s, 2),
+                "engine_keeping_up": pol.keeping_up, "state": pol.state, "late_chunks": pol.late_chunks,
+                "stalled_s": round(pol.stalled_s(now), 2), "lead_ms": round(pol.lead_s() * 1000, 1),
                 **self._frame_costs()}
 
     def _frame_costs(self) -> dict:
@@ -324,13 +329,17 @@ class Session:
         t = self.last_timings
         if t is None:
             return {}
-        n = max(1, self.chunk_frames)
+        n = max(1, self.policy.chunk_frames)
         return {"model_ms_per_frame": round(t.model_ms / n, 2), "decode_ms_per_frame": round(t.decode_ms / n, 2),
                 "jpeg_ms_per_frame": round(t.jpeg_ms / n, 2), "batch": t.batch_size}
 
-    def summary(self) -> dict:
+    def summary(self, delivery: dict) -> dict:
+        """/status view; `delivery` is the owner channel's {"dropped", "queue"}."""
         s = self.stats()
-        return {"id": self.id, "state": self.state, "fps": s["fps"], "frames": s["frames"], "drops": s["dropped"],
-                "control_latency_ms": s["control_latency"], "chunk_ms": s["chunk_ms"], "prompt": self.params.prompt,
-                "size": f"{self.params.width}*{self.params.height}", "age_s": round(time.time() - self.created_at, 1),
-                "late_chunks": s["late_chunks"], "stalled_s": s["stalled_s"], "batch": s.get("batch")}
+        return {"id": self.id, "state": s["state"] if self.is_open else "starting", "fps": s["fps"],
+                "frames": s["frames"], "drops": delivery.get("dropped", 0),
+                "control_latency_ms": s["control_latency"], "chunk_ms": s["chunk_ms"], "prompt": self.prompt,
+                "size": f"{self.params.width}*{self.params.height}", "age_s": round(self.clock() - self.created_at, 1),
+                "late_chunks": s["late_chunks"], "stalled_s": s["stalled_s"], "batch": s.get("batch"),
+                "prompt_changes": self.prompt_changes, "listeners": len(self.listeners)}
+

@@ -1,191 +1,249 @@
-"""One WebSocket connection: validate messages, authorise, rate-limit, drive its session."""
+"""One WebSocket connection: parse, authorise and budget its messages, run its init (make-before-break), own its channel.
+
+An init is checked field by field before anything changes, then runs as
+the connection's one init task (a newer init cancels it: latest wins):
+admission, prompt upsampling, a *new* world opened under a new session id
+while the current one keeps streaming, and only when the new world is open
+the switch. A refusal or a failed open leaves the current world running and
+says so (`"world": "kept"` in the error). The reader never waits on any of
+this, so keys keep steering the current world meanwhile.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import secrets
+import socket
 import time
 
 from websockets.exceptions import ConnectionClosed
 
-from server.admission import Waiting
-from server.channel import ClientChannel
+from server.admission import AdmissionBusy
+from server.channel import SEND_BUFFER_LIMIT, ClientChannel
+from server.engine_link import EngineUnavailable
 from server.hub import SessionHub
+from server.limits import MessageBudget, TokenBucket
 from server.messages import ClientError, Control, Init, Ping, PromptChange, Reset, parse_message
-from server.session import Session, SessionParams
+from server.session import OpenFailed, Session, SessionParams
 
 log = logging.getLogger("front.ws")
 
-ABUSE_WINDOW_S = 5.0
-
-
-class RateLimiter:
-    """Token bucket per connection; sustained abuse (many refusals in a window) closes with 1008."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.refusals: list[float] = []
-        self.last_error_at = 0.0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        self.refusals = [t for t in self.refusals if t > now - ABUSE_WINDOW_S]
-        self.refusals.append(now)
-        return False
-
-    @property
-    def abusive(self) -> bool:
-        return len(self.refusals) > self.rate * ABUSE_WINDOW_S
-
-    def should_report(self) -> bool:
-        now = time.monotonic()
-        if now - self.last_error_at >= 1.0:
-            self.last_error_at = now
-            return True
-        return False
+CLOSE_TIMEOUT_S = 5.0  # closing handshake; the writer is aborted after it
+RESET_RATE, RESET_BURST = 1.0, 3  # resets per second per connection (each restarts the stream with a first chunk)
+SOCKET_SEND_BUFFER = 256 * 1024  # kernel send buffer per client (~5 frames): a stalled client is noticed in a second
+_ordinals = itertools.count(1)
 
 
 class Connection:
-    """State of one client connection (at most one session at a time)."""
+    """State of one client connection: its channel, budgets, current world and pending init."""
 
     def __init__(self, ws, hub: SessionHub):
+        self.id = f"conn{next(_ordinals)}"
         self.ws = ws
         self.hub = hub
-        self.settings = hub.settings
-        self.channel = ClientChannel(ws, hub.settings.send_queue_frames)
-        self.limiter = RateLimiter(hub.settings.control_rate, hub.settings.control_burst)
+        self.settings = s = hub.settings
+        self.channel = ClientChannel(ws, s.send_queue_frames)
+        self.messages = MessageBudget(s.control_rate, s.control_burst)
+        self.inits = TokenBucket(s.init_rate, s.init_burst)
+        self.resets = TokenBucket(RESET_RATE, RESET_BURST)
         self.session: Session | None = None
-        self.waiting = False  # an init of this connection waits in the admission queue
-        self.authorised = not hub.settings.auth_token
+        self.init_task: asyncio.Task | None = None
+        self.closing = False
+        self.idle_since: float | None = time.monotonic()  # no world and no init pending since then
 
-    def error(self, code: str, message: str) -> None:
+    # -- the session's listener ------------------------------------------------
+
+    def session_event(self, session: Session, event: dict) -> None:
+        # A world being opened behind the current one stays silent; with no current world its status shows.
+        if session is self.session or (self.session is None and event.get("type") in ("status", "error")):
+            if event.get("type") == "stats":
+                event = {**event, **self.delivery()}
+            self.channel.send_json(event)
+
+    def session_frame(self, session: Session, jpeg: bytes) -> None:
+        if session is self.session:
+            dropped = self.channel.send_frame(jpeg)
+            if dropped:
+                self.hub.metrics.frames_dropped(dropped)
+
+    def session_closed(self, session: Session) -> None:
+        if session is self.session:
+            self.session = None
+            self._mark_idle()
+
+    def wants_frames(self) -> bool:
+        return not self.channel.congested(time.monotonic())
+
+    def delivery(self) -> dict:
+        return {"dropped": self.channel.frames_dropped, "queue": self.channel.queued}
+
+    # -- reading ---------------------------------------------------------------
+
+    def error(self, code: str, message: str, **extra) -> None:
         self.hub.metrics.client_errors.labels(code).inc()
-        self.channel.send_json({"type": "error", "code": code, "message": message})
+        self.channel.send_json({"type": "error", "code": code, "message": message, **extra})
 
     async def serve(self) -> None:
         self.channel.start()
         try:
             async for raw in self.ws:
-                if not await self._handle(raw):
-                    break
+                if not self.closing:  # once closing, read on (and discard) until the closing handshake ends
+                    self._handle(raw)
         except ConnectionClosed:
             pass
         finally:
-            self.hub.dequeue(self)
-            if self.session is not None:
-                await self.hub.close_session(self.session)
-            await self.channel.close()
+            dropped_for = getattr(self.ws, "dropped_for", None)
+            if dropped_for is not None and not self.closing:  # the connection class dropped it (ping flood)
+                log.warning("dropped %s (%s): %s", self.id, self.ws.remote_address, dropped_for)
+                self.hub.metrics.connections_dropped.labels(dropped_for).inc()
+            self.closing = True
+            self._end_world()
+            await self.channel.finish(CLOSE_TIMEOUT_S)
 
-    async def _handle(self, raw) -> bool:
-        """Handle one message; returns False when the connection must end."""
-        if isinstance(raw, bytes):
-            self.error("bad_json", "binary messages are not accepted; send JSON text")
-            return True
-        if not self.limiter.allow():
-            if self.limiter.abusive:
+    def _handle(self, raw) -> None:
+        if not self.messages.take():
+            if self.messages.abusive:
                 log.warning("closing %s: message flood", self.ws.remote_address)
-                await self.ws.close(1008, "message rate limit exceeded")
-                return False
-            if self.limiter.should_report():
+                self.hub.metrics.connections_dropped.labels("flood").inc()
+                self.close(1008, "message rate limit exceeded")
+            elif self.messages.should_report():
                 self.error("rate_limited", f"more than {self.settings.control_rate:g} messages/s; "
                                            "messages are being dropped")
-            return True
+            return
+        if isinstance(raw, bytes):
+            self.error("bad_json", "binary messages are not accepted; send JSON text")
+            return
         try:
             msg = parse_message(raw)
             if isinstance(msg, Init):
-                return await self._init(msg)
-            if isinstance(msg, Ping):
+                try:
+                    self._init(msg)
+                except ClientError as exc:
+                    exc.kind = "init"
+                    raise
+            elif isinstance(msg, Ping):
                 self.channel.send_json({"type": "pong", "t": msg.t})
-                return True
-            session = self.session
-            if session is None and self.waiting:
-                return True  # queued: input before the world exists is dropped
-            if session is None or session.closed:
-                raise ClientError("not_initialized", "send an init message first")
-            if isinstance(msg, Control):
-                session.key(msg.key, msg.down, time.time())
+            elif self.session is None:
+                if self.init_task is None:
+                    raise ClientError("not_initialized", "send an init message first")
+                # input before the first world exists is dropped
+            elif isinstance(msg, Control):
+                self.session.key(msg.key, msg.down, time.time())
             elif isinstance(msg, PromptChange):
-                session.set_prompt(msg.prompt)
+                self.session.set_prompt(msg.prompt)
             elif isinstance(msg, Reset):
-                session.reset()
+                if self.resets.take():
+                    self.session.reset()
+                elif self.resets.should_report():
+                    self.error("rate_limited", f"at most {RESET_BURST} resets at once, then {RESET_RATE:g} per second")
         except ClientError as exc:
-            self.error(exc.code, exc.message)
-        except Exception as exc:  # e.g. engine unavailable mid-request: tell the client, keep going
-            log.info("message failed: %s", exc)
+            if exc.kind == "init" and self.session is not None:  # a refused re-init changes nothing
+                self.error(exc.code, f"{exc.message}; your current world keeps running", world="kept")
+            else:
+                self.error(exc.code, exc.message)
+        except EngineUnavailable as exc:  # e.g. the engine restarts: tell the client, keep going
             self.error("engine_failed", f"the engine could not take the request: {exc}")
-        return True
 
-    async def _init(self, msg: Init) -> bool:
-        token = self.settings.auth_token
-        if token and not (msg.token and hmac.compare_digest(msg.token.encode(), token.encode())):
-            self.error("unauthorized", "missing or wrong token")
-            await asyncio.sleep(0.05)  # let the error go out before the close frame
-            await self.ws.close(1008, "unauthorized")
-            return False
-        self.hub.dequeue(self)  # a second init while queued goes to the back with its new fields
-        self.waiting = False
-        if self.session is not None:  # a second init restarts the world
-            await self.hub.close_session(self.session)
-            self.session = None
+    # -- init -----------------------------------------------------------------
+
+    def _size(self, requested: str | None) -> tuple[str, int, int]:
         info = self.hub.engine.info
-        sizes = info.sizes if info else None
-        size = msg.size or (info.default_size if info else "832*480")
-        if sizes is not None and size not in sizes:
-            raise ClientError("bad_field", f"field 'size' {size[:20]!r} is not one of {', '.join(sizes)}")
+        size = requested or (info.default_size if info else "832*480")
+        if info is not None and size not in info.sizes:
+            raise ClientError("bad_field", f"field 'size' {size[:20]!r} is not one of {', '.join(info.sizes)}")
         try:
             width, height = (int(v) for v in size.split("*"))
         except ValueError:
             raise ClientError("bad_field", f"field 'size' {size[:20]!r} must look like 832*480") from None
-        room = self.hub.has_room(size) and not len(self.hub.admission)
-        if not room and (self.settings.admission == "reject" or self.hub.admission.full):
-            return await self._busy()
-        prompt = await self._final_prompt(msg)
-        params = SessionParams(prompt=prompt, seed=msg.seed if msg.seed is not None else secrets.randbelow(2**31),
-                               width=width, height=height, image=msg.image, engine=self.settings.engine)
-        if self.hub.has_room(size) and not len(self.hub.admission):
-            self._start(params)
-            return True
-        entry = Waiting(owner=self, size=size, start=lambda: self._start(params), notify=self._queued)
-        if self.hub.enqueue(entry) is None:
-            return await self._busy()
-        self.waiting = True
-        return True
+        if not (16 <= width <= 4096 and 16 <= height <= 4096):
+            raise ClientError("bad_field", f"field 'size' {size[:20]!r} is outside 16..4096 per side")
+        return size, width, height
 
-    async def _busy(self) -> bool:
-        """Refuse an init (no room, and no queueing or a full queue) and close with 1013."""
-        if self.hub.full:
-            why = f"the server is at its limit of {self.settings.max_sessions} sessions"
-        else:
-            why = "the engine is at its measured capacity for 16 fps"
-        if self.settings.admission == "queue":
-            why += f" and {len(self.hub.admission)} of {self.settings.max_queue} queue places are taken"
+    def _init(self, msg: Init) -> None:
+        """Check every field, then start the init task (replacing a pending one); nothing is torn down here."""
+        token = self.settings.auth_token
+        if token and not (msg.token and hmac.compare_digest(msg.token.encode(), token.encode())):
+            self.error("unauthorized", "missing or wrong token")
+            self.close(1008, "unauthorized")
+            return
+        size, width, height = self._size(msg.size)
+        if not self.inits.take():
+            if self.inits.should_report():
+                kept = "; your current world keeps running" if self.session else ""
+                self.error("rate_limited", f"at most {self.settings.init_burst} inits at once, then one every "
+                                           f"{1 / self.settings.init_rate:g} s (INIT_RATE){kept}",
+                           **({"world": "kept"} if self.session else {}))
+            return
+        if self.init_task is not None:
+            self.init_task.cancel()  # latest wins: its pending world is closed by its own cleanup
+        self.idle_since = None
+        self.init_task = asyncio.create_task(self._init_flow(msg, size, width, height), name=f"init-{self.id}")
+
+    async def _init_flow(self, msg: Init, size: str, width: int, height: int) -> None:
+        ticket = object()  # this init's place in admission (a newer init of this connection gets its own)
+        new: Session | None = None
+        try:
+            try:
+                await self.hub.admit(ticket, size, replacing=self.session, notify=self._queued)
+            except AdmissionBusy as exc:
+                self._refused(str(exc))
+                return
+            prompt = await self._final_prompt(msg)
+            params = SessionParams(prompt=prompt, seed=msg.seed if msg.seed is not None else secrets.randbelow(2**31),
+                                   width=width, height=height, image=msg.image, engine=self.settings.engine)
+            new = self.hub.create_session(params, ticket, self.id, replaces=self.session)
+            new.subscribe(self)
+            self.hub.open_session(new)
+            try:
+                await new.opened
+            except OpenFailed as exc:
+                self._open_failed(exc)
+                return
+            self._switch(new)
+            new = None
+        finally:
+            self.hub.release(ticket)
+            if new is not None:  # refused, failed, superseded or disconnected before the switch
+                new.unsubscribe(self)
+                self.hub.close_session(new)
+            if self.init_task is asyncio.current_task():
+                self.init_task = None
+                self._mark_idle()
+
+    def _switch(self, new: Session) -> None:
+        """Make the freshly opened world the connection's; the old one stops now (make-before-break)."""
+        old = self.session
+        self.channel.drop_frames()
+        self.session = new
+        p = new.params
+        self.channel.send_json({"type": "session", "session_id": new.id, "prompt": new.prompt,
+                                "width": p.width, "height": p.height, "fps": 16, "engine": p.engine,
+                                "seed": p.seed, "replaced": old.id if old else None})
+        new.activate()
+        if old is not None:
+            old.unsubscribe(self)
+            self.hub.close_session(old)
+
+    def _refused(self, why: str) -> None:
+        """No room for the world: a running world is kept; without one the connection closes with 1013."""
+        if self.session is not None:
+            self.error("busy", f"{why}; your current world keeps running", world="kept")
+            return
         self.error("busy", f"{why}; try again later")
-        await asyncio.sleep(0.05)  # let the error go out before the close frame
-        await self.ws.close(1013, "server busy")
-        return False
+        self.close(1013, "server busy")
+
+    def _open_failed(self, exc: OpenFailed) -> None:
+        if self.session is not None:
+            self.error(exc.code, f"{exc.message}; your current world keeps running", world="kept")
+        else:
+            self.error(exc.code, exc.message)
 
     def _queued(self, position: int) -> None:
         self.channel.send_json({"type": "status", "state": "queued", "position": position})
-
-    def _start(self, params: SessionParams) -> None:
-        """Create the session (now, or when the admission queue lets this connection in)."""
-        self.waiting = False
-        info = self.hub.engine.info
-        first, rest = (info.first_chunk_frames, info.chunk_frames) if info else (self.settings.chunk_frames,) * 2
-        self.session = Session(params, self.channel, send_engine=self.hub.engine.send, metrics=self.hub.metrics,
-                               first_chunk_frames=first, chunk_frames=rest)
-        self.session.on_opened_reply = self._session_reply
-        self.hub.add_session(self.session)
 
     async def _final_prompt(self, msg: Init) -> str:
         if not msg.upsample:
@@ -199,15 +257,88 @@ class Connection:
             self.error("upsampler_failed", f"prompt upsampling failed ({result.error}); using your prompt")
         return result.prompt
 
-    def _session_reply(self, session: Session) -> None:
-        p = session.params
-        self.channel.send_json({"type": "session", "session_id": session.id, "prompt": p.prompt,
-                                "width": p.width, "height": p.height, "fps": 16, "engine": p.engine,
-                                "seed": p.seed})
+    # -- ending ---------------------------------------------------------------
+
+    def _mark_idle(self) -> None:
+        if self.session is None and self.init_task is None and self.idle_since is None:
+            self.idle_since = time.monotonic()
+
+    def _end_world(self) -> None:
+        """Cancel the pending init and free the current world (engine time and admission place)."""
+        if self.init_task is not None:
+            self.init_task.cancel()
+        session, self.session = self.session, None
+        if session is not None:
+            session.unsubscribe(self)
+            self.hub.close_session(session)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after the messages already queued (the client reads why first); the world is freed now."""
+        if self.closing:
+            return
+        self.closing = True
+        self._end_world()
+        self.channel.close(code, reason)
+
+    def abort(self, reason: str, why: str) -> None:
+        """The client takes no data: drop the connection and free its world now."""
+        log.warning("dropping %s (%s): %s", self.id, self.ws.remote_address, why)
+        self.hub.metrics.connections_dropped.labels(reason).inc()
+        self.closing = True
+        self._end_world()
+        self.channel.abort()
+
+    def check(self, now: float) -> None:
+        """Watchdog tick: a client that takes no data is dropped; one without a world for too long is closed."""
+        blocked = self.channel.blocked_s(now)
+        if blocked > self.settings.slow_client_timeout_s:
+            self.abort("slow_client", f"a send has waited {blocked:.1f} s (SLOW_CLIENT_TIMEOUT_S)")
+        elif self.channel.buffered_bytes() > SEND_BUFFER_LIMIT:
+            self.abort("send_buffer", f"{self.channel.buffered_bytes()} bytes wait in its socket buffer")
+        elif (not self.closing and self.idle_since is not None
+              and now - self.idle_since > self.settings.init_timeout_s):
+            self.error("not_initialized", f"no world was started within {self.settings.init_timeout_s:g} s "
+                                          "(INIT_TIMEOUT_S); closing", idle=True)
+            self.hub.metrics.connections_dropped.labels("idle").inc()
+            self.close(1008, "no init")
 
 
-async def handle_connection(ws, hub: SessionHub) -> None:
-    """websockets handler: one Connection per socket."""
-    conn = Connection(ws, hub)
-    with contextlib.suppress(ConnectionClosed):
-        await conn.serve()
+class ConnectionRegistry:
+    """Every open connection, and the watchdog task that checks them twice a second."""
+
+    def __init__(self, hub: SessionHub):
+        self.hub = hub
+        self.connections: set[Connection] = set()
+        s = hub.settings
+        self.period_s = min(0.5, s.init_timeout_s / 4, s.slow_client_timeout_s / 4)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="connection-watchdog")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.check(now)
+
+    async def handle(self, ws) -> None:
+        """websockets handler: one Connection per socket."""
+        sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
+        if sock is not None:  # the default autotuned buffer would hide a stalled reader behind megabytes
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+        conn = Connection(ws, self.hub)
+        self.connections.add(conn)
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                await conn.serve()
+        finally:
+            self.connections.discard(conn)

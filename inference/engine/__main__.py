@@ -18,6 +18,7 @@ from inference import protocol as P
 from inference.engine.link import FrontLink
 from inference.engine.loop import EngineLoop
 from inference.engine.registry import make_engine
+from inference.engine.tasks import TaskLimits
 
 log = logging.getLogger("engine")
 
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "rank would pass this many GiB (the measured free memory is always checked)")
     ap.add_argument("--max-batch", type=int, default=8,
                     help="ceiling of the learned same-signature batch limit (1 = one session per step)")
+    ap.add_argument("--max-test-frames", type=int, default=2,
+                    help="test frames waiting or rendering in the engine at once; more are refused as busy")
     ap.add_argument("--collective-timeout-s", type=float, default=30.0,
                     help="torchrun group: seconds before a silent rank fails the group")
     ap.add_argument("--load-timeout-s", type=float, default=1800.0,
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             loop_type = GroupLoop
             engine.tick()  # every rank answered once before the front hears "ready"
         info = engine.info()
-        loop = loop_type(engine, link, jpeg_quality=args.jpeg_quality, max_batch=args.max_batch)
+        loop = loop_type(engine, link, jpeg_quality=args.jpeg_quality, max_batch=args.max_batch,
+                         task_limits=TaskLimits(max_test_frames=args.max_test_frames))
         loop_holder.append(loop)
         link.send(P.EngineReady(engine=info.name, model=info.model, world_size=info.world_size, device=info.device,
                                 sizes=list(info.sizes), default_size=info.default_size, fps=info.fps,

@@ -147,8 +147,8 @@ class GroupLoop(EngineLoop):
     def heartbeat_fields(self) -> dict:
         return {**super().heartbeat_fields(), "ranks": self.leader.rank_health()}
 
-    def _drain(self, block: bool) -> None:
-        super()._drain(block)
+    def _drain(self, wait_s: float) -> None:
+        super()._drain(wait_s)
         if not self.stopping and time.monotonic() - self.leader.last_tick >= TICK_S:
             self.leader.tick()
 

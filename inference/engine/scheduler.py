@@ -16,6 +16,11 @@ class PendingStep:
     request: StepChunk
     signature: str
     arrived_at: float
+    penalty_s: float = 0.0  # engine time its world's own forced tasks took: ranked this much later (its stream pays)
+
+    @property
+    def rank_deadline(self) -> float:
+        return self.request.deadline + self.penalty_s
 
 
 @dataclass(kw_only=True)
@@ -23,8 +28,9 @@ class ChunkScheduler:
     """Holds at most one pending chunk per session (a newer request replaces an older one).
 
     Bounded by the number of open sessions. `next_batch` takes the request with
-    the earliest deadline (ties: the signature that is cheaper per session, then
-    the earliest arrival) and adds pending requests of the same signature, never
+    the earliest deadline (plus its penalty: time the session's own forced tasks
+    took, so that its stream rather than the others absorbs them; ties: the
+    signature that is cheaper per session, then the earliest arrival) and adds pending requests of the same signature, never
     another one, up to the signature's learned batch cap, as long as each is due
     and adding it keeps the head on time.
     """
@@ -46,7 +52,7 @@ class ChunkScheduler:
 
     def _priority(self, step: PendingStep) -> tuple[float, float, float]:
         cost = self.learner.per_session_s(step.signature)
-        return step.request.deadline, cost if cost is not None else 0.0, step.arrived_at
+        return step.rank_deadline, cost if cost is not None else 0.0, step.arrived_at
 
     def next_batch(self, now: float | None = None) -> list[PendingStep]:
         """Remove and return the next batch to run (empty when nothing is pending)."""

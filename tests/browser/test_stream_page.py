@@ -153,6 +153,29 @@ def test_server_error_is_shown(page, server):
     assert page.is_hidden("#message") or message.get_attribute("data-code") != "bad_field"
 
 
+def test_a_refused_restart_keeps_the_running_world(page, server):
+    """Restarting with a size the server refuses shows the reason while the running world keeps streaming and steering."""
+    open_page(page, server)
+    start_world(page)
+    first = page.evaluate("() => window.__worldDebug.session.session_id")
+    page.evaluate("""() => {
+        const select = document.getElementById('size');
+        select.add(new Option('7 × 7', '7*7'));
+        select.value = '7*7';
+    }""")
+    page.click("#start")
+    page.wait_for_function("() => document.getElementById('message').dataset.code === 'bad_field'",
+                           timeout=15000)
+    assert "keeps running" in page.text_content("#message")
+    drawn, _ = sample(page)
+    wait_new_frames(page, drawn, count=16)
+    assert page.evaluate("() => window.__worldDebug.session && window.__worldDebug.session.session_id") == first
+    assert page.evaluate("() => window.__worldDebug.send({type: 'control', key: 'w', action: 'down'})")
+    page.wait_for_timeout(500)
+    assert page.evaluate("() => window.__worldDebug.received.error") == 1  # the key was taken, no new error
+    assert page.js_errors == []
+
+
 def test_narrow_screen_has_touch_pad_and_no_sideways_scroll(browser, server, artifacts_dir):
     """At 360 px wide the page fits without horizontal scrolling and the touch pad steers."""
     context = browser.new_context(viewport={"width": 360, "height": 780}, has_touch=True,

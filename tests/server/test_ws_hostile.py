@@ -33,6 +33,9 @@ CORPUS = [
     ('{"type": "prompt", "prompt": "' + "x" * 5000 + '"}', "bad_field"),
     ('{"type": "prompt", "prompt": "\\ud800"}', "bad_field"),
     ('{"type": "ping", "t": {"a": 1}}', "bad_field"),
+    ('{"type": "ping", "t": 1e400}', "bad_field"),  # parses as infinity: never echoed as non-JSON
+    ('{"type": "ping", "t": -1e400}', "bad_field"),
+    ('{"type": "ping", "t": 1' + "0" * 400 + '}', "bad_field"),
 ]
 
 INIT_CORPUS = [
@@ -62,6 +65,9 @@ def test_messages_before_init_are_not_initialized(server):
             assert _errors(receive(ws, 5, until_type="error")) == ["not_initialized"]
         ws.send(json.dumps({"type": "ping", "t": 12.5}))
         assert receive(ws, 5, until_type="pong").of_type("pong")[0]["t"] == 12.5
+        ws.send('{"type": "ping", "t": 1e300}')  # large but finite: echoed as a JSON number
+        raw = ws.recv(timeout=5)
+        assert json.loads(raw).get("t") == 1e300 and "Infinity" not in raw, raw
 
 
 def test_bad_messages_get_errors_and_the_stream_continues(server):

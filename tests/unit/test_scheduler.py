@@ -138,3 +138,13 @@ def test_capacity_is_chunk_period_over_time_per_session():
     learner.record("a", 2, 0.125, slack_s=1.0)
     [load] = signature_loads(learner, {"a": "832*480"}, {"a": 2}, chunk_period_s=0.25)
     assert load["capacity"] == 4.0
+
+
+def test_a_penalty_for_its_own_forced_work_ranks_a_session_after_others():
+    """A session whose own forced task took 0.3 s is ranked as if due 0.3 s later, so others keep their timing."""
+    sched = ChunkScheduler()
+    payer = step("payer", NOW + 0.1)
+    payer.penalty_s = 0.3
+    sched.submit(payer)
+    sched.submit(step("other", NOW + 0.2))
+    assert [ids(sched.next_batch(NOW)) for _ in range(2)] == [["other"], ["payer"]]

@@ -21,6 +21,8 @@ def test_defaults_match_the_protocol():
     ({"ENGINE": "magic"}, "ENGINE='magic'"),
     ({"ENGINE": "lingbot-fast"}, "needs MODEL_DIR"),
     ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ({"HEARTBEAT_LATE_S": "20"}, "HEARTBEAT_LATE_S=20 is longer than HEARTBEAT_TIMEOUT_S=10"),
+    ({"INIT_RATE": "0"}, "INIT_RATE=0.0 is outside"),
 ])
 def test_bad_values_name_the_variable(env, needle):
     """A bad variable is refused with a message naming it and what was expected."""
