@@ -149,6 +149,9 @@ class ChunkReady(msgspec.Struct, tag=True, kw_only=True):
     chunk_index: int
     num_frames: int
     timings: ChunkTimings
+    # Video frames this session can still generate before its length limit (global attention:
+    # the end of the RoPE table); None when it streams without end. Seconds left = frames_left / fps.
+    frames_left: int | None = None
 
 
 class TestFrame(msgspec.Struct, tag=True, kw_only=True):

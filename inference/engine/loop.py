@@ -186,7 +186,7 @@ class EngineLoop:
                                      jpeg_ms=jpeg_ms, batch_size=len(batch),
                                      queue_ms=(start - step.arrived_at) * 1000)
             self.link.send(P.ChunkReady(session_id=step.request.session_id, chunk_index=step.request.chunk_index,
-                                        num_frames=len(jpegs), timings=timings), *jpegs)
+                                        num_frames=len(jpegs), timings=timings, frames_left=out.frames_left), *jpegs)
         self._learn(batch, start)
 
     def _test_frame(self, msg: P.RenderTestFrame) -> None:
