@@ -1,4 +1,4 @@
-"""The `lingbot-fast` WorldEngine: LingBot-World-Fast sessions streamed chunk by chunk in KV-window mode.
+"""The `lingbot-fast` WorldEngine: LingBot-World-Fast sessions streamed chunk by chunk (KV window, or global).
 
 Window mode (the default) streams without end: the KV cache re-anchors RoPE
 positions when a session reaches the end of the table (kv_cache.py). Global
