@@ -46,7 +46,7 @@ class ChunkRecord:
     model_ms: float
     frames_left: int | None
     rss_mb: float
-    """Engine process resident memory right after the chunk arrived."""
+    """Resident memory of the engine process and its workers right after the chunk arrived."""
 
 
 def walk(frames: int, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,11 +59,19 @@ def walk(frames: int, first_frame: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resident_mb(pid: int) -> float:
-    """VmRSS of a process in MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"process {pid} reports no VmRSS")
+    """VmRSS in MiB of a process and all its descendants (an engine's worker processes count), Linux /proc."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # a worker that just exited
+            continue
+    return total
 
 
 class EngineProbe:
