@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--memory-limit-gb", type=float, default=None,
                     help="lingbot-fast: refuse sessions and test frames ('busy') whose planned peak memory per "
                          "rank would pass this many GiB (the measured free memory is always checked)")
+    ap.add_argument("--compile", action="store_true",
+                    help="lingbot-fast: run the DiT step under torch.compile (one graph per batch size and session "
+                         "size, compiled on its first chunk; bench/dit_efficiency.py measures what it gains)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="lingbot-fast: replay the DiT step from CUDA graphs (CUDA only, KV window only; one graph "
+                         "per batch size and session size, captured on its first chunk)")
     ap.add_argument("--max-batch", type=int, default=8,
                     help="ceiling of the learned same-signature batch limit (1 = one session per step)")
     ap.add_argument("--max-test-frames", type=int, default=2,
@@ -87,7 +93,7 @@ def build_engine(args: argparse.Namespace, ctx):
         options = {"window": args.kv_window, "sink": args.kv_sink, "rope_frames": args.rope_frames,
                    "dtype": args.dtype, "weights": args.weights,
                    "t5_device": args.t5_device, "memory_limit_gb": args.memory_limit_gb,
-                   "max_batch": args.max_batch}
+                   "max_batch": args.max_batch, "compile": args.compile, "cuda_graphs": args.cuda_graphs}
     if ctx is not None and ctx.distributed and args.engine == "lingbot-fast":
         from inference.distributed.options import ParallelOptions
 

@@ -65,7 +65,8 @@ class LingbotFastEngine(WorldEngine):
     def __init__(self, models: LingbotModels, *, model_name: str, window: int | None = None,
                  sink: int | None = None, rope_frames: int | None = None, decode: bool = True, admit: bool = True,
                  max_batch: int = 8, memory_limit_gb: float | None = None, rank: int = 0,
-                 agree: Callable[[str | None], list[str | None]] | None = None):
+                 agree: Callable[[str | None], list[str | None]] | None = None, compile: bool = False,
+                 cuda_graphs: bool = False):
         config = models.dit.config
         if window is None:
             window = config.local_attn_size if config.local_attn_size != -1 else DEFAULT_WINDOW
@@ -81,6 +82,9 @@ class LingbotFastEngine(WorldEngine):
                              f"least sink + {CHUNK_LATENTS}, and sink >= 0 (or window {GLOBAL_WINDOW}: global)")
         elif window > rope_frames:
             raise ValueError(f"window {window} latent frames is longer than the RoPE table ({rope_frames} frames)")
+        if cuda_graphs and window == GLOBAL_WINDOW:
+            raise ValueError("--cuda-graphs with global attention (window -1): the attended length grows every "
+                             "chunk, so every chunk would need a new graph; use a KV window")
         self.rope_frames = rope_frames
         self.max_latent_frames = rope_frames if window == GLOBAL_WINDOW else None  # None: sessions never end
         self.models = models
@@ -89,7 +93,7 @@ class LingbotFastEngine(WorldEngine):
         self.device = models.dit.patch_embedding.weight.device
         self.dtype = models.dit.patch_embedding.weight.dtype
         self.decode = decode  # False on engine-group followers: no VAE decode, chunks come back without frames
-        self.pipeline = ChunkPipeline(models.dit, decode=decode)
+        self.pipeline = ChunkPipeline(models.dit, decode=decode, compile=compile, cuda_graphs=cuda_graphs)
         self.pools: dict[str, SlotPool] = {}
         self.sessions: dict[str, SessionStream] = {}
         self.signatures: dict[str, str] = {}
@@ -97,8 +101,8 @@ class LingbotFastEngine(WorldEngine):
         self.memory = self._memory_gate(admit=admit, max_batch=max_batch, rank=rank, agree=agree,
                                         limit=None if memory_limit_gb is None else int(memory_limit_gb * GIB))
         self.attention = backend_report(self.device, self.dtype, config.head_dim)  # fixed once loaded
-        (log.warning if self.attention.startswith("sdpa (") else log.info)("rank %d attention on %s: %s", rank,
-                                                                            self.device, self.attention)
+        (log.warning if self.attention.startswith("sdpa (") else log.info)(
+            "rank %d attention on %s: %s; DiT step %s", rank, self.device, self.attention, self.pipeline.step_mode)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
@@ -114,7 +118,8 @@ class LingbotFastEngine(WorldEngine):
         followers) skips the VAE decode: chunks come back with no frames.
         weights='fp8' stores the DiT block linears as float8; t5_device='cpu'
         keeps the text encoder in host memory. Other options (admit,
-        max_batch, memory_limit_gb, rank) go to the constructor.
+        max_batch, memory_limit_gb, rank, compile, cuda_graphs) go to the
+        constructor.
         """
         device, dtype = pick_device(device, dtype)
         models = load_models(model_dir, device=device, dtype=dtype, progress=progress, weights=weights,
@@ -133,7 +138,8 @@ class LingbotFastEngine(WorldEngine):
     def info(self) -> EngineInfo:
         c = self.models.dit.config
         summary = (f"{self.model_name}: DiT dim {c.dim} x {c.num_layers} layers, {c.control_type}, "
-                   f"{self.attention_summary()}, {str(self.dtype).removeprefix('torch.')}"
+                   f"{self.attention_summary()}, {str(self.dtype).removeprefix('torch.')}, "
+                   f"step {self.pipeline.step_mode}"
                    f"{', fp8 DiT weights' if self.memory.plan.d.weights == 'fp8' else ''}")
         return EngineInfo(name=ENGINE_NAME, model=summary, device=str(self.device), sizes=list(self.models.sizes.sizes),
                           default_size=self.models.sizes.default_size,
@@ -143,7 +149,7 @@ class LingbotFastEngine(WorldEngine):
                           extra={"window": self.window, "sink": self.sink, "rope_frames": self.rope_frames,
                                  "control_type": c.control_type,
                                  "chunk_latents": CHUNK_LATENTS, "steps": self.pipeline.sampler.num_steps,
-                                 "attention": self.attention})
+                                 "attention": self.attention, "step": self.pipeline.step_mode})
 
     def warm_up(self) -> None:
         """One throwaway first chunk at the default size (allocations, kernels, prompt cache)."""
@@ -247,8 +253,11 @@ class LingbotFastEngine(WorldEngine):
             self.close_session(session_id)
 
     def health(self) -> dict:
-        """This rank's memory (used / planned / free MiB) and attention backend, for /status."""
-        return {**self.memory.report(self.open_sizes()), "attention": self.attention}
+        """This rank's memory (used / planned / free MiB) and attention backend (with the step mode when it is
+        not eager: 'direct, compiled', 'fa3, cuda graphs'), for /status."""
+        step = self.pipeline.step_mode
+        return {**self.memory.report(self.open_sizes()),
+                "attention": self.attention if step == "eager" else f"{self.attention}, {step}"}
 
     # -- helpers -----------------------------------------------------------
 

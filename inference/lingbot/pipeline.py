@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from inference.lingbot.session import SessionStream
-from inference.models.dit import CausalDiT
+from inference.models.dit import CausalDiT, ChunkCamera
+from inference.models.dit_step import make_step, step_mode
 from inference.models.kv_cache import DiTCache
 from inference.models.sampler import FlowMatchSampler
 from inference.models.vae import video_to_uint8
@@ -48,13 +49,19 @@ class ChunkPipeline:
     With decode=False (engine-group followers, whose frames nobody sees)
     everything that feeds the DiT still runs (condition, sampler, cache
     update) but the VAE decode is skipped and each result has no frames.
+    compile / cuda_graphs run the DiT's device work compiled and/or replayed
+    from CUDA graphs (inference/models/dit_step.py).
     """
 
-    def __init__(self, dit: CausalDiT, *, sampler: FlowMatchSampler | None = None, decode: bool = True):
+    def __init__(self, dit: CausalDiT, *, sampler: FlowMatchSampler | None = None, decode: bool = True,
+                 compile: bool = False, cuda_graphs: bool = False):
         self.dit = dit
         self.decode = decode
         self.sampler = sampler or FlowMatchSampler()
         self.device = dit.patch_embedding.weight.device
+        self.step = make_step(dit, compile=compile, cuda_graphs=cuda_graphs)
+        self.static = compile or cuda_graphs  # the cache plan those steps need
+        self.step_mode = step_mode(compile=compile, cuda_graphs=cuda_graphs)
 
     @torch.no_grad()
     def run(self, cache: DiTCache, requests: list[ChunkRequest]) -> list[ChunkResult]:
@@ -93,14 +100,16 @@ class ChunkPipeline:
         shape = (1, LATENT_CHANNELS, n, h, w)
         # every session draws from its own generator, so batching does not change anyone's noise
         x = torch.cat([s.noise(shape, self.device) for s in sessions])  # (B, 16, n, h, w)
+        # one camera embedding for the 5 calls; the CPU also keeps every block's camera modulation
+        camera = ChunkCamera(control, reuse=self.device.type == "cpu")
         steps = self.sampler.num_steps
         for step in range(steps):
             t = self.sampler.timestep(step, batch, self.device)
-            flow = self.dit(x, y, t, control, cache, starts, slots)  # (B, 16, n, h, w)
+            flow = self.dit(x, y, t, camera, cache, starts, slots, step=self.step, static=self.static)
             x0 = self.sampler.to_x0(step, x, flow.float())
             if step + 1 < steps:
                 noise = torch.cat([s.noise(shape, self.device) for s in sessions])
                 x = self.sampler.renoise(step + 1, x0, noise)
         clean = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        self.dit(x0, y, clean, control, cache, starts, slots)  # writes the chunk's final keys
+        self.dit(x0, y, clean, camera, cache, starts, slots, step=self.step, static=self.static)  # final keys
         return x0

@@ -1,4 +1,13 @@
-"""The one attention function of the DiT: FlashAttention 3 or 2 when usable, else torch SDPA."""
+"""The one attention function of the DiT: FlashAttention 3 or 2 on a GPU, else SDPA; on the CPU matmul-softmax-matmul.
+
+The DiT's attention is short and wide: a chunk of a few hundred queries
+against a window of a few hundred cached keys (or the text's). For those
+shapes on the CPU, two batched matmuls and a softmax run about twice as
+fast as SDPA's CPU flash kernel (bench/dit_efficiency.py prints both), so
+CPU tensors take the direct path. Its scores are float32 whatever the input
+dtype: bfloat16 scores lose the softmax's precision where attention is peaky
+(4-10x the error of SDPA), float32 ones match it.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +40,9 @@ def _compute_capability(device_index: int) -> tuple[int, int]:
 
 
 def attention_backend(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None) -> str:
-    """Which kernel `attention` will use for these inputs: 'fa3', 'fa2' or 'sdpa'."""
+    """Which kernel `attention` will use for these inputs: 'fa3', 'fa2', 'sdpa' or 'direct' (CPU)."""
+    if q.device.type == "cpu":
+        return "direct"
     flash_ok = (q.is_cuda and key_mask is None and q.dtype in FLASH_DTYPES and k.dtype == q.dtype
                 and q.shape[-1] <= FA2_MAX_HEAD_DIM and q.shape[-1] % 8 == 0)
     if not flash_ok:
@@ -46,6 +57,8 @@ def attention_backend(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor |
 
 def backend_report(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
     """The backend the DiT gets on this device/dtype, with the reason when a GPU falls back to SDPA."""
+    if device.type == "cpu":
+        return "direct"
     if device.type != "cuda":
         return "sdpa"
     probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
@@ -61,15 +74,24 @@ def backend_report(device: torch.device, dtype: torch.dtype, head_dim: int) -> s
     return f"sdpa ({'; '.join(why) or f'no flash kernel for sm_{major}{minor}'})"
 
 
+def takes_key_bias(device: torch.device) -> bool:
+    """Whether attention on `device` adds a float key bias for free (the direct path): text K/V may be compressed."""
+    return device.type == "cpu"
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax(q k^T / sqrt(head_dim)) v, no causal mask.
+    """Softmax(q k^T / sqrt(head_dim) + bias) v, no causal mask.
 
     q (B, Lq, heads, head_dim), k and v (B, Lk, heads, head_dim); key_mask
-    (B, Lk) bool, True where a key may be attended (only SDPA takes a mask).
+    (B, Lk): bool, True where a key may be attended, or float32, a bias added
+    to each key's scores (0 attended, -inf hidden, log(n) for a key standing
+    for n equal ones). Only SDPA and the direct path take it.
     Returns (B, Lq, heads, head_dim) in q's dtype.
     """
     backend = attention_backend(q, k, key_mask)
+    if backend == "direct":
+        return direct_attention(q, k, v, key_mask)
     if backend == "fa3":
         out = _fa3.flash_attn_func(q, k, v, causal=False)
         # Some FA3 releases return (out, softmax_lse).
@@ -77,6 +99,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if backend == "fa2":
         return _fa2.flash_attn_func(q, k, v, causal=False)
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(q.dtype)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype), attn_mask=mask)
     return out.transpose(1, 2).to(q.dtype)  # (B, Lq, heads, head_dim)
+
+
+def direct_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Two batched matmuls around a float32 softmax: q k^T in float32, p v in q's dtype. Layouts as `attention`."""
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    qh, kh = heads_first(q, torch.float32), heads_first(k, torch.float32)  # (B*H, Lq or Lk, D)
+    if key_mask is None:
+        bias, beta = qh.new_empty(b * h, lq, lk), 0.0  # beta 0: the product alone
+    else:
+        bias, beta = key_bias(key_mask).repeat_interleave(h, dim=0)[:, None, :], 1.0  # (B*H, 1, Lk)
+    scores = torch.baddbmm(bias, qh, kh.transpose(1, 2), beta=beta, alpha=d ** -0.5)  # (B*H, Lq, Lk)
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    vh = heads_first(v, q.dtype)  # (B*H, Lk, D)
+    return torch.bmm(probs, vh).view(b, h, lq, d).transpose(1, 2)  # (B, Lq, H, D)
+
+
+def heads_first(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L, H, D) -> a contiguous (B*H, L, D) copy in `dtype` (one pass, the layout batched matmuls read)."""
+    b, length, h, d = x.shape
+    out = torch.empty(b, h, length, d, dtype=dtype, device=x.device)
+    out.copy_(x.transpose(1, 2))
+    return out.view(b * h, length, d)
+
+
+def key_bias(key_mask: torch.Tensor) -> torch.Tensor:
+    """A (B, Lk) key mask as a float32 score bias: bool True -> 0, False -> -inf; a float one as it is."""
+    if key_mask.is_floating_point():
+        return key_mask.float()
+    return torch.zeros(key_mask.shape, dtype=torch.float32, device=key_mask.device).masked_fill_(
+        ~key_mask, float("-inf"))

@@ -10,9 +10,10 @@ from torch import nn
 
 from inference.models.config import DiTConfig
 from inference.models.dit_blocks import DiTBlock, FloatLinear, Head, run_in_weight_dtype
-from inference.models.kv_cache import DiTCache, SelfAttentionCache, TextCache, slot_rows
-from inference.models.rope import RotaryTables
-from inference.models.sequence import LOCAL, LocalSequence
+from inference.models.attention import takes_key_bias
+from inference.models.kv_cache import CachePlan, DiTCache, SelfAttentionCache, TextCache
+from inference.models.rope import RotaryTables, rotations
+from inference.models.sequence import LOCAL, LocalSequence, Rope
 
 CONDITION_CHANNELS_I2V = 20  # 4 mask + 16 image latent
 # Kept and run in float32 whatever the load dtype (the reference's float32 autocast regions).
@@ -108,7 +109,8 @@ class CausalDiT(nn.Module):
                                      sink_frames=sink, max_attention_tokens=max_attention_tokens,
                                      rope_frames=self.rope_frames,
                                      **{**shape, "num_heads": self.sequence.local_heads(cfg.num_heads)})
-        return DiTCache(self_kv=self_kv, text=TextCache(text_len=cfg.text_len, **shape))
+        text = TextCache(text_len=cfg.text_len, compact=takes_key_bias(torch.device(device)), **shape)
+        return DiTCache(self_kv=self_kv, text=text)
 
     @torch.no_grad()
     def set_prompt(self, cache: DiTCache, slot: int, context: torch.Tensor) -> None:
@@ -120,18 +122,13 @@ class CausalDiT(nn.Module):
         padded = torch.zeros(1, cfg.text_len, cfg.text_dim, dtype=weight.dtype, device=weight.device)
         padded[0, :context.shape[0]] = context.to(padded)  # padded rows are attended, as in the reference
         embedded = self.text_embedding(padded)  # (1, text_len, dim)
-        for layer, block in enumerate(self.blocks):
-            k, v = block.cross_attn.project_context(embedded)  # (1, text_len, heads, head_dim)
-            cache.text.k[layer, slot] = k[0].to(cache.text.k.dtype)
-            cache.text.v[layer, slot] = v[0].to(cache.text.v.dtype)
-        cache.text.ready[slot] = True
+        kv = [block.cross_attn.project_context(embedded) for block in self.blocks]  # (1, text_len, heads, head_dim)
+        cache.text.set(slot, torch.stack([k[0] for k, _ in kv]), torch.stack([v[0] for _, v in kv]), context.shape[0])
 
     def embed_control(self, control: torch.Tensor) -> torch.Tensor:
         """Control (B, C, F, h, w) -> camera tokens (B, L, dim): patchify like the latent, Linear, residual MLP."""
         b, c, f, h, w = control.shape
-        if c != self.config.control_channels:
-            raise ValueError(f"control has {c} channels; a '{self.config.control_type}' model expects "
-                             f"{self.config.control_channels}")
+        self.check_control(control)
         pf, ph, pw = self.config.patch_size
         patches = control.reshape(b, c, f // pf, pf, h // ph, ph, w // pw, pw)  # (B, C, f, pf, h, ph, w, pw)
         # Token order (f h w), channel order (c pf ph pw) as in the reference rearrange.
@@ -140,47 +137,79 @@ class CausalDiT(nn.Module):
         hidden = self.c2ws_hidden_states_layer2(F.silu(self.c2ws_hidden_states_layer1(tokens)))
         return tokens + hidden
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor, control: torch.Tensor | None,
-                cache: DiTCache, start_frames: Sequence[int], slots: Sequence[int] | None = None) -> torch.Tensor:
+    def check_control(self, control: torch.Tensor) -> None:
+        if control.shape[1] != self.config.control_channels:
+            raise ValueError(f"control has {control.shape[1]} channels; a '{self.config.control_type}' model "
+                             f"expects {self.config.control_channels}")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+                control: torch.Tensor | ChunkCamera | None, cache: DiTCache, start_frames: Sequence[int],
+                slots: Sequence[int] | None = None, *, step=None, static: bool = False) -> torch.Tensor:
         """Flow prediction (B, out_dim, F, h, w) for one chunk of each batch item.
 
         x (B, 16, F, h, w) noisy latent; y (B, 20, F, h, w) condition ('i2v');
-        t (B,) timesteps; control (B, C, F, h, w) or None; start_frames: host
-        ints, each item's first latent frame; slots: host ints, each item's
-        cache slot (default 0..B-1). Writes this chunk's keys into the cache.
+        t (B,) timesteps; control (B, C, F, h, w), a ChunkCamera (embedded once
+        for all calls of a chunk) or None; start_frames: host ints, each item's
+        first latent frame; slots: host ints, each item's cache slot (default
+        0..B-1). Writes this chunk's keys into the cache. The device work runs
+        in `step` (default `self.step`; a compiled or graph-captured one from
+        inference/models/dit_step.py), static=True lays the cache plan out for it.
         """
         batch = x.shape[0]
         slots = list(range(batch)) if slots is None else list(slots)
         start_frames = [int(s) for s in start_frames]
         if len(slots) != batch or len(start_frames) != batch:
             raise ValueError(f"batch {batch}: got {len(slots)} slots and {len(start_frames)} start_frames")
-        cache.text.check_ready(slots)
-        tokens, grid = self.embed_latent(x, y)  # (B, L, dim) float32
+        grid = self.check_latent(x, y)
         frame_seqlen = grid[1] * grid[2]
         if frame_seqlen != cache.self_kv.frame_seqlen:
             raise ValueError(f"latent grid {grid} gives {frame_seqlen} tokens per frame; "
                              f"the cache was built for {cache.self_kv.frame_seqlen}")
         self.rope.check_grid(grid)  # before the cache moves: an error leaves it intact
+        camera = control if control is None or isinstance(control, ChunkCamera) else ChunkCamera(control)
+        if camera is not None:
+            self.check_control(camera.control)
+        length = grid[0] * frame_seqlen
+        plan = cache.plan(slots, [s * frame_seqlen for s in start_frames], length, static=static)  # may re-anchor
+        rope = self.rope.for_grid(grid, plan.rope_starts)  # RoPE frames: absolute until a slot re-anchors
+        camera_input = None if camera is None else camera.input_for(self, rope)
+        return (step or self.step)(x, y, t, camera_input, rope, cache, plan)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+             camera: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]] | None, rope: Rope, cache: DiTCache,
+             plan: CachePlan) -> torch.Tensor:
+        """The device work of one forward, from tensors and the cache plan alone (no host reads, no Python
+        values that change between calls of one (batch, size) signature: it compiles and graph-captures).
+
+        camera: the chunk's camera tokens (B, L, dim), or each block's reused modulation (this rank's tokens).
+        """
+        tokens, grid = self.embed_latent(x, y)  # (B, L, dim) float32
+        length = tokens.shape[1]
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(tokens.device)).float())  # (B, dim)
         e0 = self.time_projection(e).unflatten(1, (6, -1))  # (B, 6, dim) float32
-        camera = None if control is None else self.embed_control(control)
-        length = tokens.shape[1]
-        plan = cache.self_kv.plan(slots, [s * frame_seqlen for s in start_frames], length)  # may re-anchor
-        rope = self.rope.for_grid(grid, plan.rope_starts)  # RoPE frames: absolute until a slot re-anchors
-        rows = slot_rows(slots, tokens.device)
-        tokens, rope, camera = self.sequence.split(tokens, rope, camera)  # this rank's tokens
+        per_layer = camera if isinstance(camera, list) else None
+        tokens, rope, camera = self.sequence.split(tokens, rope, None if per_layer is not None else camera)
+        freqs = rotations(*rope)  # (B, L, 1, head_dim/2) rotations of q and k
         for layer, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, rope, camera, cache.text.layer(layer, rows), cache.self_kv, layer, plan)
+            block_camera = per_layer[layer] if per_layer is not None else camera
+            tokens = block(tokens, e0, freqs, block_camera, cache.text.layer(layer, plan), cache.self_kv, layer, plan)
         return self.unpatchify(self.sequence.gather(self.head(tokens, e), length), grid)
+
+    def check_latent(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[int, int, int]:
+        """The patch grid (F, h, w) of a latent (+ condition); raises on a wrong channel count or missing y."""
+        channels = x.shape[1]
+        if self.config.model_type == "i2v":
+            if y is None:
+                raise ValueError("an 'i2v' DiT needs the condition y (B, 20, F, h, w)")
+            channels += y.shape[1]
+        if channels != self.config.in_dim:
+            raise ValueError(f"latent+condition has {channels} channels; expected in_dim {self.config.in_dim}")
+        return tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size))
 
     def embed_latent(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Concatenate latent and condition, Conv3d patch embed -> tokens (B, L, dim) and grid (F, h, w)."""
         if self.config.model_type == "i2v":
-            if y is None:
-                raise ValueError("an 'i2v' DiT needs the condition y (B, 20, F, h, w)")
             x = torch.cat([x, y.to(x.dtype)], dim=1)
-        if x.shape[1] != self.config.in_dim:
-            raise ValueError(f"latent+condition has {x.shape[1]} channels; expected in_dim {self.config.in_dim}")
         weight = self.patch_embedding.weight
         embedded = self.patch_embedding(x.to(weight.dtype))  # (B, dim, F, h, w) in patches
         grid = tuple(embedded.shape[2:])
@@ -195,3 +224,32 @@ class CausalDiT(nn.Module):
         out = tokens.view(b, f, h, w, pf, ph, pw, c)  # channel order (pf ph pw c) as the head emits it
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, c, f, pf, h, ph, w, pw)
         return out.reshape(b, c, f * pf, h * ph, w * pw)
+
+
+class ChunkCamera:
+    """A chunk's camera condition (B, C, F, h, w), embedded once and shared by every DiT call of that chunk.
+
+    reuse=True also keeps each block's camera modulation (two (B, L, dim)
+    float32 tensors per block): the denoising steps and the cache update of a
+    chunk then run the camera MLPs once instead of five times. That memory is
+    small on a CPU-sized model and large on the real one (40 blocks x 2 x
+    4680 tokens x 5120 x 4 bytes = 7.7 GB per item at 832x480), which the
+    memory plan does not count: callers turn it on for the CPU only.
+    """
+
+    def __init__(self, control: torch.Tensor, *, reuse: bool = False):
+        self.control = control
+        self.reuse = reuse
+        self.tokens: torch.Tensor | None = None  # (B, L, dim) camera tokens of the whole chunk
+        self.modulations: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per block, this rank's tokens
+
+    def input_for(self, dit: CausalDiT, rope: Rope) -> torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]]:
+        """What CausalDiT.step takes: the camera tokens, or (reuse) every block's modulation of this rank's tokens."""
+        if self.tokens is None:
+            self.tokens = dit.embed_control(self.control.to(dit.patch_embedding.weight.device))
+        if not self.reuse:
+            return self.tokens
+        if self.modulations is None:
+            local = dit.sequence.split(self.tokens, rope, None)[0]  # this rank's share of the tokens
+            self.modulations = [block.camera_modulation(local) for block in dit.blocks]
+        return self.modulations

@@ -8,7 +8,7 @@ from torch import nn
 
 from inference.models.attention import attention
 from inference.models.kv_cache import CachePlan, SelfAttentionCache
-from inference.models.rope import apply_rotary
+from inference.models.rope import rotate
 from inference.models.sequence import LOCAL, LocalSequence
 
 
@@ -21,8 +21,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
         return normed.to(x.dtype) * self.weight
 
 
@@ -75,17 +74,16 @@ class CausalSelfAttention(AttentionProjections):
         super().__init__(dim, num_heads, qk_norm, eps)
         self.sequence: LocalSequence = LOCAL  # token/head layout over ranks; set from outside (CausalDiT.use_sequence)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache,
-                layer: int, plan: CachePlan) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                cache: SelfAttentionCache, layer: int, plan: CachePlan) -> torch.Tensor:
+        """x (B, L, dim) in the weights' dtype, freqs: RoPE `rotations` (B, L, 1, head_dim/2)."""
         batch, length, _ = x.shape
-        x = x.to(self.q.weight.dtype)
         # RMSNorm runs over the full width, before the head split.
         q = self.norm_q(self.q(x)).view(batch, length, self.num_heads, self.head_dim)  # (B, L, heads, head_dim)
         k = self.norm_k(self.k(x)).view(batch, length, self.num_heads, self.head_dim)
         v = self.v(x).view(batch, length, self.num_heads, self.head_dim)
-        cos, sin = rope
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        q = rotate(q, freqs)
+        k = rotate(k, freqs)
         out = self.sequence.attend(q, k, v, cache, layer, plan)  # (B, L, heads, head_dim)
         return self.o(out.flatten(2))  # (B, L, dim)
 
@@ -101,11 +99,12 @@ class CrossAttention(AttentionProjections):
         v = self.v(context).view(batch, length, self.num_heads, self.head_dim)
         return k, v
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x (B, L, dim), k/v (B, T, heads, head_dim) text keys, bias (B, T) their score bias or None."""
         batch, length, _ = x.shape
         x = x.to(self.q.weight.dtype)
         q = self.norm_q(self.q(x)).view(batch, length, self.num_heads, self.head_dim)  # (B, L, heads, head_dim)
-        out = attention(q, k.to(q.dtype), v.to(q.dtype))
+        out = attention(q, k.to(q.dtype), v.to(q.dtype), bias)
         return self.o(out.flatten(2))  # (B, L, dim)
 
 
@@ -126,24 +125,35 @@ class DiTBlock(nn.Module):
         self.cam_scale_layer = nn.Linear(dim, dim)
         self.cam_shift_layer = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                camera: torch.Tensor | None, text_kv: tuple[torch.Tensor, torch.Tensor],
+    def camera_modulation(self, camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Camera tokens (B, L, dim) -> this block's (1 + scale, shift), float32 (B, L, dim) each.
+
+        Depends on the camera condition alone, so every DiT call of a chunk may share it.
+        """
+        hidden = run_in_weight_dtype(self.cam_injector_layer2,
+                                     F.silu(run_in_weight_dtype(self.cam_injector_layer1, camera))) + camera
+        scale = run_in_weight_dtype(self.cam_scale_layer, hidden).float()
+        shift = run_in_weight_dtype(self.cam_shift_layer, hidden).float()
+        return 1.0 + scale, shift
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, freqs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                camera: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
+                text_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
                 cache: SelfAttentionCache, layer: int, plan: CachePlan) -> torch.Tensor:
-        """x (B, L, dim) float32, e0 (B, 6, dim) float32, camera (B, L, dim) or None."""
+        """x (B, L, dim) float32, e0 (B, 6, dim) float32; camera: tokens (B, L, dim), their
+        `camera_modulation` (reused across a chunk's calls) or None."""
         mod = (self.modulation.float() + e0).unsqueeze(2)  # (B, 6, 1, dim): broadcast over tokens
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)
-        y = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, rope, cache, layer, plan)
-        x = x + y.float() * gate1
+        dtype = self.self_attn.q.weight.dtype
+        y = self.self_attn(torch.addcmul(shift1, self.norm1(x), 1 + scale1).to(dtype), freqs, cache, layer, plan)
+        x = torch.addcmul(x, y, gate1)  # float32: y is promoted
         if camera is not None:
-            hidden = run_in_weight_dtype(self.cam_injector_layer2,
-                                         F.silu(run_in_weight_dtype(self.cam_injector_layer1, camera))) + camera
-            scale = run_in_weight_dtype(self.cam_scale_layer, hidden).float()
-            shift = run_in_weight_dtype(self.cam_shift_layer, hidden).float()
-            x = (1.0 + scale) * x + shift
+            gain, shift = camera if isinstance(camera, tuple) else self.camera_modulation(camera)
+            x = torch.addcmul(shift, gain, x)
         x = x + self.cross_attn(self.norm3(x), *text_kv).float()
-        y = run_in_weight_dtype(self.ffn[0], self.norm2(x) * (1 + scale2) + shift2)
+        y = run_in_weight_dtype(self.ffn[0], torch.addcmul(shift2, self.norm2(x), 1 + scale2))
         y = self.ffn[2](self.ffn[1](y))
-        return x + y.float() * gate2
+        return torch.addcmul(x, y, gate2)
 
 
 class Head(nn.Module):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from inference.models.attention import takes_key_bias
 from inference.models.config import ROPE_POSITIONS
 from inference.models.rope import PositionLimitReached, frame_rotation, host_index, rotate_frame_axis_
 
@@ -15,27 +17,36 @@ class CacheFull(RuntimeError):
     """A global-mode cache has no room left for the chunk (use window mode for long sessions)."""
 
 
-def slot_rows(slots: Sequence[int], device: torch.device) -> slice | torch.Tensor:
-    """Cache rows of the batch items: a slice when they are consecutive, else a (B, 1) index."""
+def row_span(slots: Sequence[int]) -> slice | None:
+    """The slots as a slice when they are consecutive (a view reads them without a copy), else None."""
     if all(b == slots[0] + i for i, b in enumerate(slots)):
         return slice(slots[0], slots[0] + len(slots))
-    return host_index(slots, device)[:, None]
+    return None
 
 
 @dataclass(kw_only=True)
 class CachePlan:
-    """Where one forward writes and reads each layer's cache (identical for every layer)."""
+    """Where one forward writes and reads each layer's cache (identical for every layer).
 
-    rows: slice | torch.Tensor
-    """Cache rows of the batch items (slice or (B, 1) long)."""
-    write: slice | torch.Tensor
-    """Slots receiving the chunk's keys: a slice shared by all items, or (B, L) long."""
-    read: slice | torch.Tensor
-    """Slots attended: a shared slice, or (B, Lk) long (padded; see key_mask)."""
+    Every field the forward reads on the device is a tensor whose shape depends
+    only on (batch, chunk length, read_tokens), so a compiled or graph-captured
+    step sees the same inputs whatever the slots, positions and fill levels.
+    """
+
+    rows: torch.Tensor
+    """(B,) long: the cache rows (slots) of the batch items."""
+    write: torch.Tensor
+    """(B, L) long: token positions in each row receiving the chunk's keys."""
+    read_tokens: int
+    """Leading tokens of each row attended (the window's size when static, else the longest valid prefix)."""
     key_mask: torch.Tensor | None
-    """(B, Lk) bool, True for real keys, when items attend windows of different lengths."""
+    """(B, read_tokens) bool, True for keys an item attends; None when every item attends all read_tokens."""
+    span: slice | None
+    """The rows as a slice when consecutive and the plan is not static (eager reads them as views)."""
     rope_starts: list[int]
     """Each item's first RoPE frame (its absolute frame unless its slot was re-anchored)."""
+    text_bias: torch.Tensor | None = None
+    """(B, T) float32 score bias over the first T text keys of each row (compact text cache), else None."""
 
 
 @dataclass(kw_only=True)
@@ -115,11 +126,18 @@ class SelfAttentionCache:
         self.local_end[slot] = 0
         self.frame_shift[slot] = 0
 
-    def plan(self, slots: Sequence[int], start_tokens: Sequence[int], num_new: int) -> CachePlan:
+    def plan(self, slots: Sequence[int], start_tokens: Sequence[int], num_new: int, *,
+             static: bool = False) -> CachePlan:
         """Evict and re-anchor as needed, advance the indices and return where the chunk goes.
 
         Every item is checked before any slot moves, so a refused chunk
         (CacheFull, PositionLimitReached, ValueError) leaves the cache as it was.
+        static=True (compiled or graph-captured steps): a window cache reads
+        every row whole, so shapes never change with fill levels or slots (a
+        global cache still reads its longest valid prefix), and where attention
+        takes a mask for free (the CPU's direct path) the mask is always there,
+        so its presence does not change either. On a GPU it is left out when
+        every key is valid, which keeps FlashAttention (no masks) in steady state.
         """
         if len(slots) != len(start_tokens):
             raise ValueError(f"{len(slots)} slots but {len(start_tokens)} start offsets")
@@ -130,24 +148,16 @@ class SelfAttentionCache:
         moves = [self._move(slot, start, num_new) for slot, start in zip(slots, start_tokens)]
         for move in moves:
             self._commit(move)
-        rope_starts = [m.rope_start for m in moves]
-        spans = [(m.write_start, m.local_end, m.read_start) for m in moves]
         device = self.k.device
-        rows = slot_rows(slots, device)
-        if isinstance(rows, slice) and all(span == spans[0] for span in spans):
-            write_start, end, read_start = spans[0]
-            return CachePlan(rows=rows, write=slice(write_start, end), read=slice(read_start, end), key_mask=None,
-                             rope_starts=rope_starts)
-        if isinstance(rows, slice):
-            rows = host_index(slots, device)[:, None]
-        write = host_index([s[0] for s in spans], device)[:, None] + torch.arange(num_new, device=device)
-        lengths = [end - read_start for _, end, read_start in spans]
-        offsets = torch.arange(max(lengths), device=device)  # (Lk,)
-        read_start = host_index([s[2] for s in spans], device)[:, None]
-        length = host_index(lengths, device)[:, None]
-        key_mask = offsets[None, :] < length  # (B, Lk)
-        read = read_start + torch.minimum(offsets[None, :], length - 1)  # padded keys repeat the last one
-        return CachePlan(rows=rows, write=write, read=read, key_mask=key_mask, rope_starts=rope_starts)
+        ends, reads = [m.local_end for m in moves], [m.read_start for m in moves]
+        read_tokens = self.kv_tokens if static and self.window else max(ends)
+        key_mask = None
+        if (static and takes_key_bias(device)) or any(r != 0 or e != read_tokens for r, e in zip(reads, ends)):
+            offsets = torch.arange(read_tokens, device=device)[None, :]  # (1, R)
+            key_mask = (offsets >= host_index(reads, device)[:, None]) & (offsets < host_index(ends, device)[:, None])
+        write = host_index([m.write_start for m in moves], device)[:, None] + torch.arange(num_new, device=device)
+        return CachePlan(rows=host_index(slots, device), write=write, read_tokens=read_tokens, key_mask=key_mask,
+                         span=None if static else row_span(slots), rope_starts=[m.rope_start for m in moves])
 
     def _move(self, slot: int, start: int, num_new: int) -> SlotMove:
         """Reference index arithmetic for one slot, plus its RoPE frames; changes nothing."""
@@ -200,11 +210,25 @@ class SelfAttentionCache:
 
     def store(self, layer: int, plan: CachePlan, k_new: torch.Tensor, v_new: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Write the chunk's (B, L, heads, head_dim) keys/values; return the attended window and key mask."""
-        k_layer, v_layer = self.k[layer], self.v[layer]  # (slots, kv_tokens, heads, head_dim)
-        k_layer[plan.rows, plan.write] = k_new.to(k_layer.dtype)
-        v_layer[plan.rows, plan.write] = v_new.to(v_layer.dtype)
-        return k_layer[plan.rows, plan.read], v_layer[plan.rows, plan.read], plan.key_mask
+        """Write the chunk's (B, L, heads, head_dim) keys/values; return the attended (B, R, heads, head_dim)
+        window and key mask.
+
+        The write indexes the whole store in place (index_put_ on the base
+        tensor, which a compiled step also does in place rather than copying
+        the store).
+        """
+        layer_index = torch.full_like(plan.write, layer)  # (B, L)
+        for store, new in ((self.k, k_new), (self.v, v_new)):
+            store.index_put_((layer_index, plan.rows[:, None], plan.write), new.to(store.dtype))
+        return self.window_of(self.k, layer, plan), self.window_of(self.v, layer, plan), plan.key_mask
+
+    @staticmethod
+    def window_of(store: torch.Tensor, layer: int, plan: CachePlan) -> torch.Tensor:
+        """(B, read_tokens, heads, head_dim): a view for consecutive rows, else a gathered copy."""
+        # R from the mask's shape when there is one: a compiled step may treat it as a dynamic size
+        tokens = plan.read_tokens if plan.key_mask is None else plan.key_mask.shape[1]
+        prefix = store[layer, :, :tokens]  # (slots, R, heads, head_dim)
+        return prefix[plan.span] if plan.span is not None else prefix.index_select(0, plan.rows)
 
 
 def shift_tokens_left(store: torch.Tensor, source: int, target: int, count: int) -> None:
@@ -220,25 +244,69 @@ def shift_tokens_left(store: torch.Tensor, source: int, target: int, count: int)
 
 
 class TextCache:
-    """Cross-attention keys/values of each slot's prompt, per layer; recomputed only on prompt change."""
+    """Cross-attention keys/values of each slot's prompt, per layer; recomputed only on prompt change.
+
+    compact=True (for attention that takes a key bias: the CPU's direct path).
+    A prompt of n < text_len rows is zero-padded to text_len, and every
+    padded row embeds to the same key and value; softmax over m equal keys
+    weighs them like one key with score + log(m). So a compact slot attends
+    its n rows and the first padded row only, with a bias of 0, log(text_len
+    - n) and -inf beyond (`bias_of`): n + 1 keys instead of text_len, with
+    the same result (to float rounding).
+    """
 
     def __init__(self, *, num_layers: int, capacity: int, text_len: int, num_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", compact: bool = False):
         shape = (num_layers, capacity, text_len, num_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (layers, slots, text_len, heads, head_dim)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.ready = [False] * capacity
+        self.compact = compact
+        self.prompt_rows = [text_len] * capacity  # each slot's own (unpadded) prompt rows
+
+    @property
+    def text_len(self) -> int:
+        return self.k.shape[2]
+
+    def keys(self, slot: int) -> int:
+        """Text keys the slot attends: its prompt rows and the one standing for the padding (compact), else all."""
+        rows = self.prompt_rows[slot]
+        return rows + 1 if self.compact and rows < self.text_len else self.text_len
+
+    def set(self, slot: int, k: torch.Tensor, v: torch.Tensor, prompt_rows: int) -> None:
+        """Store a prompt's keys/values (layers, text_len, heads, head_dim) whose first prompt_rows rows are its own."""
+        self.prompt_rows[slot] = prompt_rows
+        keys = self.keys(slot)
+        for store, new in ((self.k, k), (self.v, v)):
+            store[:, slot, :keys] = new[:, :keys].to(store.dtype)
+            store[:, slot, keys:].zero_()
+        self.ready[slot] = True
 
     def check_ready(self, slots: Sequence[int]) -> None:
         missing = [s for s in slots if not self.ready[s]]
         if missing:
             raise RuntimeError(f"slots {missing} have no prompt encoded; call CausalDiT.set_prompt first")
 
-    def layer(self, layer: int, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values (B, text_len, heads, head_dim) of the batch rows."""
-        if isinstance(rows, torch.Tensor):
-            rows = rows[:, 0]
-        return self.k[layer, rows], self.v[layer, rows]
+    def bias_of(self, slots: Sequence[int]) -> torch.Tensor | None:
+        """(B, T) float32 score bias of the batch's text keys (T: the most any item attends); None unless compact.
+
+        0 for a prompt's own rows, log(text_len - rows) for the row standing for the padding, -inf past it.
+        """
+        if not self.compact:
+            return None
+        rows = torch.tensor([self.prompt_rows[s] for s in slots])[:, None]  # (B, 1), built on the host
+        offsets = torch.arange(max(self.keys(s) for s in slots))[None, :]  # (1, T)
+        bias = torch.where(offsets < rows, 0.0, float("-inf"))
+        bias = torch.where(offsets == rows, torch.log((self.text_len - rows).clamp(min=1).float()), bias)
+        return bias.to(self.k.device)
+
+    def layer(self, layer: int, plan: CachePlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keys, values (B, T, heads, head_dim) and bias (B, T) of the batch rows (T from the plan's text bias)."""
+        tokens = self.text_len if plan.text_bias is None else plan.text_bias.shape[1]
+        k, v = self.k[layer, :, :tokens], self.v[layer, :, :tokens]  # (slots, T, heads, head_dim)
+        if plan.span is not None:
+            return k[plan.span], v[plan.span], plan.text_bias
+        return k.index_select(0, plan.rows), v.index_select(0, plan.rows), plan.text_bias
 
 
 @dataclass(kw_only=True)
@@ -253,6 +321,14 @@ class DiTCache:
     @property
     def capacity(self) -> int:
         return self.self_kv.capacity
+
+    def plan(self, slots: Sequence[int], start_tokens: Sequence[int], num_new: int, *,
+             static: bool = False) -> CachePlan:
+        """The self-attention plan (SelfAttentionCache.plan) with the batch's text bias."""
+        self.text.check_ready(slots)
+        plan = self.self_kv.plan(slots, start_tokens, num_new, static=static)
+        plan.text_bias = self.text.bias_of(slots)
+        return plan
 
     def reset(self, slot: int) -> None:
         """Drop a slot's video history (its prompt encoding is kept)."""

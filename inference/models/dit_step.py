@@ -1,0 +1,178 @@
+"""How a DiT forward's device work (`CausalDiT.step`) runs: eagerly, compiled by torch.compile, or replayed
+from CUDA graphs.
+
+`CausalDiT.forward` does the host work (checks, the cache plan with its
+evictions and re-anchoring, RoPE rows, the chunk's camera) and hands tensors
+to a step. `CausalDiT.step` reads nothing from the host and takes no Python
+value that changes between calls of one (batch, size) signature: the layer
+index is a loop constant, and slots, write positions, fill levels and the
+prompts' text lengths all arrive as tensors. So:
+
+- `CompiledStep` compiles it once (fullgraph: no graph breaks anywhere) and
+  never recompiles across chunks, fill levels, slot sets or prompts (the text
+  length of a compact text cache is a dynamic size; so is the read length of
+  a global cache, which grows every chunk).
+- `GraphedStep` captures it in one CUDA graph per input signature; each call
+  copies its inputs into the graph's static buffers, replays, and returns a
+  copy of the static output. Eviction and re-anchoring run before, in place,
+  on the same cache tensors the graph reads.
+
+Both need the static cache plan (`CausalDiT.forward(static=True)`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from inference.models.kv_cache import CachePlan, DiTCache
+
+Step = Callable[..., torch.Tensor]
+
+
+def step_mode(*, compile: bool, cuda_graphs: bool) -> str:
+    """The step's name in /status and logs."""
+    parts = (["compiled"] if compile else []) + (["cuda graphs"] if cuda_graphs else [])
+    return " + ".join(parts) or "eager"
+
+
+def make_step(dit, *, compile: bool = False, cuda_graphs: bool = False) -> Step | None:
+    """The step a forward should run (None: `dit.step`, eager); raises for layouts that cannot."""
+    if (compile or cuda_graphs) and dit.sequence.ranks > 1:
+        raise ValueError(f"--compile / --cuda-graphs run one rank's whole step; with a Ulysses group of "
+                         f"{dit.sequence.ranks} ranks the step holds collectives: leave them off")
+    step = CompiledStep(dit) if compile else None
+    if cuda_graphs:
+        device = dit.patch_embedding.weight.device
+        if device.type != "cuda":
+            raise ValueError(f"--cuda-graphs needs a CUDA device, the DiT is on {device}")
+        step = GraphedStep(step or dit.step, device)
+    return step
+
+
+class CompiledStep:
+    """`CausalDiT.step` under torch.compile, one graph per (batch, size) signature."""
+
+    def __init__(self, dit):
+        self.fn = torch.compile(dit.step, fullgraph=True)
+
+    def __call__(self, x, y, t, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
+        if plan.span is not None:
+            raise ValueError("a compiled step needs the static cache plan (forward(static=True))")
+        # The slot pool grows one slot at a time: the slot dimension is a size the graph does not specialise on
+        # (unbacked: not even on 1, which a pool of one slot has).
+        for store in (cache.self_kv.k, cache.self_kv.v, cache.text.k, cache.text.v):
+            torch._dynamo.decorators.mark_unbacked(store, 1)
+        if plan.text_bias is not None:  # (B, T): T is the batch's longest prompt, which changes with prompts
+            torch._dynamo.maybe_mark_dynamic(plan.text_bias, 1)
+        if plan.key_mask is not None and not cache.self_kv.window:  # a global cache's valid prefix grows
+            torch._dynamo.maybe_mark_dynamic(plan.key_mask, 1)
+        return self.fn(x, y, t, camera, rope, cache, plan)
+
+
+class StaticInputs:
+    """Static copies of one call's tensor inputs, and the step arguments built on them once.
+
+    `load` copies a later call's tensors in; running the step on `args` then
+    computes that call, because every per-call value is one of these tensors
+    (what a CUDA graph replay needs; tests check it on the CPU).
+    """
+
+    def __init__(self, x, y, t, camera, rope, plan: CachePlan):
+        if plan.span is not None:
+            raise ValueError("a graph-captured step needs the static cache plan (forward(static=True))")
+        flat, rebuild = flat_inputs(x, y, t, camera, rope, plan)
+        self.buffers = [v.clone() for v in flat if v is not None]
+        it = iter(self.buffers)
+        self.args = rebuild([None if v is None else next(it) for v in flat])  # (x, y, t, camera, rope, plan)
+
+    @staticmethod
+    def key_of(x, y, t, camera, rope, plan: CachePlan) -> tuple:
+        flat, _ = flat_inputs(x, y, t, camera, rope, plan)
+        return plan.read_tokens, tuple(None if v is None else (tuple(v.shape), v.dtype) for v in flat)
+
+    def run(self, step: Step, cache: DiTCache) -> torch.Tensor:
+        """The step on the static inputs (what a capture records)."""
+        x, y, t, camera, rope, plan = self.args
+        return step(x, y, t, camera, rope, cache, plan)
+
+    def load(self, x, y, t, camera, rope, plan: CachePlan) -> None:
+        flat, _ = flat_inputs(x, y, t, camera, rope, plan)
+        for static, value in zip(self.buffers, (v for v in flat if v is not None)):
+            static.copy_(value, non_blocking=True)
+
+
+@dataclass(kw_only=True)
+class Captured:
+    """One CUDA graph of the step with the static buffers it reads and writes."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: StaticInputs
+    output: torch.Tensor
+    cache: weakref.ref
+    """The cache whose tensors the graph reads and writes (a dead reference drops the graph)."""
+
+
+class GraphedStep:
+    """CUDA graphs of a step (eager or compiled): captured on the first call of each input signature.
+
+    A signature is every tensor input's shape and dtype, which inputs are
+    None, the plan's read length and the cache object. Graphs share one
+    memory pool (replays never overlap). The returned tensor is a copy: the
+    next replay overwrites the static output.
+    """
+
+    def __init__(self, step: Step, device: torch.device, *, warmup: int = 2):
+        self.step = step
+        self.device = device
+        self.warmup = warmup
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple, Captured] = {}
+        self.captures = 0
+
+    def __call__(self, x, y, t, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
+        key = (id(cache), StaticInputs.key_of(x, y, t, camera, rope, plan))
+        captured = self.graphs.get(key)
+        if captured is not None and captured.cache() is not cache:
+            captured = None  # another cache now has the old one's id
+        if captured is None:
+            self.graphs = {k: c for k, c in self.graphs.items() if c.cache() is not None}
+            captured = self.graphs[key] = self.capture(StaticInputs(x, y, t, camera, rope, plan), cache)
+        else:
+            captured.inputs.load(x, y, t, camera, rope, plan)
+        captured.graph.replay()
+        return captured.output.clone()
+
+    def capture(self, inputs: StaticInputs, cache: DiTCache) -> Captured:
+        """Warm up on a side stream, then capture. Warm-up calls write the same keys the real call writes."""
+        run = lambda: inputs.run(self.step, cache)  # noqa: E731
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = run()
+        self.captures += 1
+        return Captured(graph=graph, inputs=inputs, output=output, cache=weakref.ref(cache))
+
+
+def flat_inputs(x, y, t, camera, rope, plan: CachePlan) -> tuple[list, Callable[[list], tuple]]:
+    """The step's tensor inputs as one flat list (None where absent), and the inverse: list -> step arguments
+    (x, y, t, camera, rope, plan) with those tensors in place."""
+    per_layer = isinstance(camera, list)
+    cameras = [t for pair in camera for t in pair] if per_layer else [camera]
+    flat = [x, y, t, *rope, plan.rows, plan.write, plan.key_mask, plan.text_bias, *cameras]
+
+    def rebuild(values: list) -> tuple:
+        x_, y_, t_, cos, sin, rows, write, mask, bias, *cams = values
+        cam = [(cams[i], cams[i + 1]) for i in range(0, len(cams), 2)] if per_layer else cams[0]
+        new_plan = replace(plan, rows=rows, write=write, key_mask=mask, text_bias=bias)
+        return x_, y_, t_, cam, (cos, sin), new_plan
+
+    return flat, rebuild
