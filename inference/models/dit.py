@@ -84,7 +84,7 @@ class CausalDiT(nn.Module):
     def new_cache(self, *, capacity: int, frame_seqlen: int, kv_frames: int | None = None,
                   local_attn_size: int | None = None, sink_size: int | None = None,
                   max_attention_tokens: int | None = None, dtype: torch.dtype | None = None,
-                  device: torch.device | str | None = None) -> DiTCache:
+                  device: torch.device | str | None = None, compact_text: bool | None = None) -> DiTCache:
         """Allocate caches for `capacity` session slots.
 
         Window mode (local_attn_size != -1, default from the config) holds
@@ -92,6 +92,8 @@ class CausalDiT(nn.Module):
         (positions re-anchor at the end of the RoPE table); global mode holds
         `kv_frames` frames per slot (default: the RoPE table's length) and
         raises CacheFull beyond, PositionLimitReached past the table.
+        compact_text (default: where attention takes a key bias, the CPU) stores
+        each prompt's padding once (TextCache).
         """
         cfg = self.config
         local = cfg.local_attn_size if local_attn_size is None else local_attn_size
@@ -109,7 +111,8 @@ class CausalDiT(nn.Module):
                                      sink_frames=sink, max_attention_tokens=max_attention_tokens,
                                      rope_frames=self.rope_frames,
                                      **{**shape, "num_heads": self.sequence.local_heads(cfg.num_heads)})
-        text = TextCache(text_len=cfg.text_len, compact=takes_key_bias(torch.device(device)), **shape)
+        compact = takes_key_bias(torch.device(device)) if compact_text is None else compact_text
+        text = TextCache(text_len=cfg.text_len, compact=compact, **shape)
         return DiTCache(self_kv=self_kv, text=text)
 
     @torch.no_grad()

@@ -257,16 +257,15 @@ class TextCache:
 
     def __init__(self, *, num_layers: int, capacity: int, text_len: int, num_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", compact: bool = False):
-        shape = (num_layers, capacity, text_len, num_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (layers, slots, text_len, heads, head_dim)
+        self.text_len = text_len
+        self.compact = compact
+        # compact: one spare row, so the attended rows (2..text_len) are never the whole stored length and a
+        # compiled step's dynamic text length is never specialised (on 1, or on the full length)
+        shape = (num_layers, capacity, text_len + compact, num_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (layers, slots, rows, heads, head_dim)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.ready = [False] * capacity
-        self.compact = compact
         self.prompt_rows = [text_len] * capacity  # each slot's own (unpadded) prompt rows
-
-    @property
-    def text_len(self) -> int:
-        return self.k.shape[2]
 
     def keys(self, slot: int) -> int:
         """Text keys the slot attends: its prompt rows and the one standing for the padding (compact), else all."""
@@ -295,9 +294,10 @@ class TextCache:
         if not self.compact:
             return None
         rows = torch.tensor([self.prompt_rows[s] for s in slots])[:, None]  # (B, 1), built on the host
-        offsets = torch.arange(max(self.keys(s) for s in slots))[None, :]  # (1, T)
+        offsets = torch.arange(max(2, *(self.keys(s) for s in slots)))[None, :]  # (1, T): T >= 2, see __init__
         bias = torch.where(offsets < rows, 0.0, float("-inf"))
-        bias = torch.where(offsets == rows, torch.log((self.text_len - rows).clamp(min=1).float()), bias)
+        padding = torch.log((self.text_len - rows).clamp(min=1).float())  # (B, 1): log of the padded rows
+        bias = torch.where((offsets == rows) & (rows < self.text_len), padding, bias)
         return bias.to(self.k.device)
 
     def layer(self, layer: int, plan: CachePlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
