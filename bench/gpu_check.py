@@ -13,6 +13,7 @@ the run goes on; the exit status is 1 when any stage failed):
   attention         FA3 (sm_90 only) / FA2 / SDPA on the real window shape vs a float32 reference, masked SDPA
   dit_bf16          real A14B-fast shape at --size with --layers blocks, scaled to 40: ms/chunk, TFLOP/s, % peak
   dit_fp8           the same with fp8 weights (FP8 matmul on sm_89+), speed against bf16
+  dit_graphs        --cuda-graphs against eager on that shape: equal calls, no host sync in a chunk, ms/chunk
   vae               real Wan2.1 VAE shape: ms per steady decode (float32 and bf16), decode/encode peak memory
   memory_plan       the memory plan against the measured peaks of the stages above (fails if it under-plans)
   server            a tiny-checkpoint server end to end on the device: JPEG frames, /status memory, /test-frame
@@ -38,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_serve_stages import server_end_to_end, two_rank_conformance  # noqa: E402
+from bench.gpu_step_stage import dit_graphs  # noqa: E402
 from bench.gpu_stages import (CheckRun, StageFailed, StageSkipped, attention_backends, conformance,  # noqa: E402
                               dit_chunk, memory_plan_vs_measured, vae_chunk)
 from inference.models.attention import _import_errors, backend_report  # noqa: E402
@@ -72,6 +74,7 @@ STAGES = {
     "attention": attention_backends,
     "dit_bf16": lambda run: dit_chunk(run, "bf16"),
     "dit_fp8": lambda run: dit_chunk(run, "fp8"),
+    "dit_graphs": dit_graphs,
     "vae": vae_chunk,
     "memory_plan": memory_plan_vs_measured,
     "server": server_end_to_end,

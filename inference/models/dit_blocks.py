@@ -21,8 +21,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
-        return normed.to(x.dtype) * self.weight
+        # F.rms_norm sums and scales in float32 whatever x's dtype, then rounds to it once, as the reference does
+        return F.rms_norm(x, self.weight.shape, eps=self.eps) * self.weight
 
 
 class FloatLayerNorm(nn.LayerNorm):

@@ -105,6 +105,23 @@ class StaticInputs:
             static.copy_(value, non_blocking=True)
 
 
+class ReplayedStep:
+    """What GraphedStep does, without CUDA: per input signature, static buffers made on the first call; each
+    call copies its tensors in and re-runs the step on the buffers. Equal to eager exactly when every per-call
+    value reaches the step as one of those tensors (tests and `gpu_check --dry-run` check that on the CPU)."""
+
+    def __init__(self, step: Step):
+        self.step = step
+        self.inputs: dict[tuple, StaticInputs] = {}
+
+    def __call__(self, x, y, t, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
+        key = (id(cache), StaticInputs.key_of(x, y, t, camera, rope, plan))
+        if key not in self.inputs:
+            self.inputs[key] = StaticInputs(x, y, t, camera, rope, plan)
+        self.inputs[key].load(x, y, t, camera, rope, plan)
+        return self.inputs[key].run(self.step, cache)
+
+
 @dataclass(kw_only=True)
 class Captured:
     """One CUDA graph of the step with the static buffers it reads and writes."""

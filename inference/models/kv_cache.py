@@ -43,6 +43,8 @@ class CachePlan:
     """(B, read_tokens) bool, True for keys an item attends; None when every item attends all read_tokens."""
     span: slice | None
     """The rows as a slice when consecutive and the plan is not static (eager reads them as views)."""
+    host_writes: list[tuple[int, int]] | None
+    """(slot, first written token) per item, host ints, when not static (eager writes slices: no index kernel)."""
     rope_starts: list[int]
     """Each item's first RoPE frame (its absolute frame unless its slot was re-anchored)."""
     text_bias: torch.Tensor | None = None
@@ -157,7 +159,8 @@ class SelfAttentionCache:
             key_mask = (offsets >= host_index(reads, device)[:, None]) & (offsets < host_index(ends, device)[:, None])
         write = host_index([m.write_start for m in moves], device)[:, None] + torch.arange(num_new, device=device)
         return CachePlan(rows=host_index(slots, device), write=write, read_tokens=read_tokens, key_mask=key_mask,
-                         span=None if static else row_span(slots), rope_starts=[m.rope_start for m in moves])
+                         span=None if static else row_span(slots), rope_starts=[m.rope_start for m in moves],
+                         host_writes=None if static else [(m.slot, m.write_start) for m in moves])
 
     def _move(self, slot: int, start: int, num_new: int) -> SlotMove:
         """Reference index arithmetic for one slot, plus its RoPE frames; changes nothing."""
@@ -213,13 +216,17 @@ class SelfAttentionCache:
         """Write the chunk's (B, L, heads, head_dim) keys/values; return the attended (B, R, heads, head_dim)
         window and key mask.
 
-        The write indexes the whole store in place (index_put_ on the base
+        Static plans index the whole store in place (index_put_ on the base
         tensor, which a compiled step also does in place rather than copying
-        the store).
+        the store); eager ones copy each item's slice.
         """
-        layer_index = torch.full_like(plan.write, layer)  # (B, L)
         for store, new in ((self.k, k_new), (self.v, v_new)):
-            store.index_put_((layer_index, plan.rows[:, None], plan.write), new.to(store.dtype))
+            new = new.to(store.dtype)
+            if plan.host_writes is not None:
+                for b, (slot, start) in enumerate(plan.host_writes):
+                    store[layer, slot, start:start + new.shape[1]] = new[b]
+            else:
+                store.index_put_((torch.full_like(plan.write, layer), plan.rows[:, None], plan.write), new)
         return self.window_of(self.k, layer, plan), self.window_of(self.v, layer, plan), plan.key_mask
 
     @staticmethod

@@ -1,13 +1,15 @@
 """The DiT step compiled (one graph per batch size, no recompiles, no graph breaks) and graph-ready, equal to eager."""
 
+import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from inference.engine.base import ChunkWork, SessionSpec
 from inference.models.config import DiTConfig
 from inference.models.dit import CausalDiT, ChunkCamera
-from inference.models.dit_step import CompiledStep, StaticInputs
-from tests.tolerance import assert_reorder_close
+from inference.models.dit_step import CompiledStep, ReplayedStep
+from tests.tolerance import FRAME_LEVELS, assert_reorder_close
 
 LAT_H, LAT_W, CHUNK = 4, 6, 3
 FRAME_SEQLEN = (LAT_H // 2) * (LAT_W // 2)
@@ -93,17 +95,9 @@ def test_step_replayed_on_static_inputs_equals_eager():
     """The step re-run on the buffers of its first call, with only each call's tensors copied in (what a CUDA
     graph replay does), equals eager forwards: every per-call value reaches the step as a tensor."""
     model = tiny_model()
-    static: dict[tuple, StaticInputs] = {}
-
-    def replayed(x, y, t, camera, rope, cache, plan):
-        key = StaticInputs.key_of(x, y, t, camera, rope, plan)
-        if key not in static:
-            static[key] = StaticInputs(x, y, t, camera, rope, plan)
-        static[key].load(x, y, t, camera, rope, plan)
-        return static[key].run(model.step, cache)
-
+    replayed = ReplayedStep(model.step)
     drive(Twin(model, capacity=3, gpu_layout=True), replayed)
-    assert len(static) == 2  # one set of buffers per batch size, as one graph each would be
+    assert len(replayed.inputs) == 2  # one set of buffers per batch size, as one graph each would be
 
 
 @torch.no_grad()
@@ -121,3 +115,54 @@ def test_forward_runs_on_the_meta_device():
         out = model(x, y, torch.empty(1, device="meta"), control, cache, [index * CHUNK], [1], static=True)
         assert out.shape == x.shape
     assert cache.self_kv.local_end[1] == 6 * FRAME_SEQLEN  # evicted to the window
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "lingbot-tiny", seed=3)
+
+
+def engine_frames(engine, chunks: int) -> list[np.ndarray]:
+    """A walking session's frames, chunk by chunk (the window evicts from the third chunk)."""
+    engine.open_session(SessionSpec(session_id="walk", prompt="green hills", seed=5, width=48, height=32))
+    out = []
+    for index in range(chunks):
+        frames = engine.sessions["walk"].expected_frames()
+        poses = np.broadcast_to(np.eye(4), (frames, 4, 4)).copy()
+        poses[:, 2, 3] = 0.05 * (index * 12 + np.arange(frames))
+        keys = np.zeros((frames, 8), np.float32)
+        keys[:, 0] = 1.0
+        out.append(engine.generate([ChunkWork(session_id="walk", chunk_index=index, poses=poses, keys=keys)])[0].frames)
+    engine.close_session("walk")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_engine_flag_compile_streams_the_frames_of_eager_and_says_so(model_dir):
+    """`--compile` streams the same frames as eager (within the 8-bit rounding rule) and /status and the model
+    line name the compiled step."""
+    from inference.engine.__main__ import build_engine, parse_args
+
+    base = ["--engine", "lingbot-fast", "--endpoint", "tcp://127.0.0.1:1", "--model-dir", str(model_dir),
+            "--kv-window", "6", "--kv-sink", "3"]
+    eager, compiled = build_engine(parse_args(base), None), build_engine(parse_args(base + ["--compile"]), None)
+    assert compiled.health()["attention"] == "direct, compiled" and eager.health()["attention"] == "direct"
+    assert "step compiled" in compiled.info().model and compiled.info().extra["step"] == "compiled"
+    for want, got in zip(engine_frames(eager, 4), engine_frames(compiled, 4)):
+        assert got.shape == want.shape
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= FRAME_LEVELS
+
+
+def test_engine_flag_cuda_graphs_is_refused_where_it_cannot_run(model_dir):
+    """`--cuda-graphs` on a CPU, or with global attention, is refused before serving, naming the reason."""
+    from inference.engine.__main__ import build_engine, parse_args
+
+    base = ["--engine", "lingbot-fast", "--endpoint", "tcp://127.0.0.1:1", "--model-dir", str(model_dir),
+            "--cuda-graphs"]
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        build_engine(parse_args(base), None)
+    with pytest.raises(ValueError, match="global attention"):
+        build_engine(parse_args(base + ["--kv-window", "-1"]), None)

@@ -72,10 +72,10 @@ def test_a_session_that_does_not_fit_the_free_device_memory_is_refused(model_dir
 
 
 def test_health_reports_memory_and_the_attention_backend(model_dir):
-    """health() gives used/planned/free MiB for /status, planned grows with a session, and the backend is SDPA."""
+    """health() gives used/planned/free MiB for /status, planned grows with a session, and the backend is the direct CPU path."""
     engine = LingbotFastEngine.from_model_dir(model_dir)
     idle = engine.health()
-    assert idle["attention"] == "sdpa" and idle["memory_used_mb"] > 0 and idle["memory_free_mb"] > 0
+    assert idle["attention"] == "direct" and idle["memory_used_mb"] > 0 and idle["memory_free_mb"] > 0
     engine.open_session(spec("one"))
     busy = engine.health()
     assert busy["memory_planned_mb"] > idle["memory_planned_mb"] > 0

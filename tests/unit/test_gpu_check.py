@@ -10,8 +10,8 @@ import pytest
 from tests.fixtures_kit import CAM, fixture_set
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["env", "conformance_fp32", "conformance_bf16", "attention", "dit_bf16", "dit_fp8", "vae", "memory_plan",
-          "server", "nccl_2rank"]
+STAGES = ["env", "conformance_fp32", "conformance_bf16", "attention", "dit_bf16", "dit_fp8", "dit_graphs", "vae",
+          "memory_plan", "server", "nccl_2rank"]
 
 
 def run_check(out: Path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
@@ -27,7 +27,7 @@ def run_check(out: Path, *args: str, timeout: float) -> tuple[subprocess.Complet
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_dry_run_passes_every_stage_and_prints_one_table(tmp_path):
-    """`--dry-run` runs all ten stages on the CPU; each passes (two ranks are skipped on one device), one table
+    """`--dry-run` runs all eleven stages on the CPU; each passes (two ranks are skipped on one device), one table
     lists them and the JSON holds each stage's figures."""
     done, report = run_check(tmp_path, "--iters", "1", timeout=1100)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -40,7 +40,8 @@ def test_dry_run_passes_every_stage_and_prints_one_table(tmp_path):
     figures = {s["stage"]: s["figures"] for s in report["stages"]}
     assert figures["conformance_fp32"]["calls_ok"] and figures["dit_bf16"]["ms_per_chunk"] > 0
     assert 0 < figures["memory_plan"]["dit_bf16_step"]["ratio"] <= 1.15
-    assert figures["server"]["frames"] >= 21 and figures["server"]["rank0"]["attention"] == "sdpa"
+    assert figures["server"]["frames"] >= 21 and figures["server"]["rank0"]["attention"] == "direct"
+    assert figures["dit_graphs"]["flow_rel_max"] < 1e-5 and not figures["dit_graphs"]["graphs"]
 
 
 def test_a_failing_stage_is_marked_and_the_run_goes_on(tmp_path):
