@@ -32,6 +32,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live children (the sim engine's render workers)."""
+    total = cpu_seconds(pid)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError):
+            pass  # exited meanwhile
+    return total
+
+
 def start_server(run_dir: Path, chunk_frames: int, max_sessions: int) -> tuple[subprocess.Popen, dict]:
     env = dict(os.environ, HTTP_PORT="0", WS_PORT="0", WS_HOST="127.0.0.1", HTTP_HOST="127.0.0.1",
                RUN_DIR=str(run_dir), CHUNK_FRAMES=str(chunk_frames), MAX_SESSIONS=str(max_sessions),
@@ -101,18 +116,20 @@ def main() -> None:
     try:
         print(f"server pid {proc.pid}, engine pid {ports['engine_pid']}, chunk {args.chunk_frames} frames, "
               f"{os.cpu_count()} cores")
-        print(" N  min_fps  mean_fps  p95_interval_ms  engine_cpu_ms/frame (model / jpeg)  front_cpu_ms/frame")
+        print(" N  min_fps  mean_fps  p95_interval_ms  engine_cpu_ms/frame (model / jpeg)  front_cpu_ms/frame  load1")
+        print("    (engine CPU counts its render workers and the world builds of the sessions that open)")
         sustained = 0
         for n in range(1, args.max_sessions + 1):
-            cpu0 = (cpu_seconds(ports["engine_pid"]), cpu_seconds(proc.pid))
+            cpu0 = (tree_cpu_seconds(ports["engine_pid"]), cpu_seconds(proc.pid))
             results = asyncio.run(run_n(ports, n, args.seconds))
-            cpu1 = (cpu_seconds(ports["engine_pid"]), cpu_seconds(proc.pid))
+            cpu1 = (tree_cpu_seconds(ports["engine_pid"]), cpu_seconds(proc.pid))
             frames = sum(r["frames"] for r in results)
             fps = [r["fps"] for r in results]
             st = results[0]["stats"]
             print(f"{n:2d}  {min(fps):7.2f}  {np.mean(fps):8.2f}  {max(r['p95_interval_ms'] for r in results):15.1f}"
                   f"  {1000 * (cpu1[0] - cpu0[0]) / frames:8.2f} ({st.get('model_ms_per_frame')} / "
-                  f"{st.get('jpeg_ms_per_frame')})  {1000 * (cpu1[1] - cpu0[1]) / frames:18.2f}")
+                  f"{st.get('jpeg_ms_per_frame')})  {1000 * (cpu1[1] - cpu0[1]) / frames:18.2f}"
+                  f"  {os.getloadavg()[0]:5.2f}")
             if min(fps) < TARGET_FPS:
                 break
             sustained = n

@@ -73,7 +73,7 @@ class RayGrid:
     el0: float  # elevation of row 0 (radians), rows go up
     del_: float  # elevation step per row
     n_el: int  # rows
-    pixel_cell: np.ndarray  # (H*W,) int32 flat index col*n_el + row of each pixel's nearest cell
+    pixel_cell: np.ndarray  # (H*W,) int32 flat index row*n_az + col of each pixel's nearest cell
 
 
 def session_camera(width: int, height: int) -> Camera:
@@ -126,7 +126,7 @@ class Camera:
         del_ = max((el1 - el0) / max(n_el - 1, 1), 1e-9)
         col = np.rint((az - az0) * (1.0 / daz)).astype(np.int32)
         row = np.rint((el - el0) * (1.0 / del_)).astype(np.int32)
-        cell = (col * n_el + row).reshape(-1)  # column-major, as the renderer lays out its cells
+        cell = (row * n_az + col).reshape(-1)
         return RayGrid(az0=az0, daz=daz, n_az=n_az, el0=el0, del_=del_, n_el=n_el, pixel_cell=cell)
 
     def _pixel_angles(self, pitch: float) -> tuple[np.ndarray, np.ndarray]:

@@ -98,6 +98,8 @@ def march_columns(texels, first, size, u_base, v_base, tc, t, fog_t, eye, water_
             while top + 1 < n_el and s >= tan_bound[top + 1]:
                 top += 1
                 hit[a, top] = k
+            if top == n_el - 1:
+                break  # every cell of the column sees the ground already: farther samples are hidden
         for r in range(top + 1, n_el):
             hit[a, r] = k_count
         sky_row[a] = top + 1
@@ -114,14 +116,14 @@ def shade_columns(packed, hit, t, tan_el, sky_half, sky_from, detail, detail_m,
     brightness texture; x_d, z_d: eye in detail texels; water: (water level + 0.15, sin sun
     elevation, sun_strength, sun r, g, b); row_water: (R, 6) sin_down, fresnel, cos_down,
     mirror sky r, g, b; col_water: (A,) cos(sun elevation) * cos(azimuth - sun azimuth);
-    ripple_bin: (A,) ripple texel column. Writes words (A, R) uint32 and, if depth has R
-    rows, depth (A, R) metres along the ray (inf for sky); cos_el: (R,) max(cos el, 1e-6).
+    ripple_bin: (A,) ripple texel column. Writes words (R, A) uint32 and, if depth has R
+    rows, depth (R, A) metres along the ray (inf for sky); cos_el: (R,) max(cos el, 1e-6).
     """
     n_az, n_el = hit.shape
     k_count = t.shape[0]
     eye32, fade32 = F32(eye), F32(fade_m)
     fade_inv = F32(1.0 / fade_m)
-    with_depth = depth.shape[1] == n_el
+    with_depth = depth.shape[0] == n_el
     wl = water[0]
     for a0 in range(0, n_az, TILE):
       for r in range(n_el):
@@ -131,7 +133,7 @@ def shade_columns(packed, hit, t, tan_el, sky_half, sky_from, detail, detail_m,
                 i, j = (r - sky_from) >> 1, a >> 1
                 cr, cg, cb = sky_half[0, i, j], sky_half[1, i, j], sky_half[2, i, j]
                 if with_depth:
-                    depth[a, r] = np.inf
+                    depth[r, a] = np.inf
             else:
                 te = tan_el[r]
                 kp = max(k - 1, 0)
@@ -163,8 +165,8 @@ def shade_columns(packed, hit, t, tan_el, sky_half, sky_from, detail, detail_m,
                     cr, cg, cb = _water(cr, cg, cb, hz, (wl - ray_h) * F32(6.0), r, a, water, row_water,
                                         col_water, ripple_bin, detail, detail_m, haze)
                 if with_depth:
-                    depth[a, r] = dist / cos_el[r]
-            words[a, r] = _quantise(cr) | (_quantise(cg) << 8) | (_quantise(cb) << 16)
+                    depth[r, a] = dist / cos_el[r]
+            words[r, a] = _quantise(cr) | (_quantise(cg) << 8) | (_quantise(cb) << 16)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -250,8 +252,8 @@ def sky_cells(rows, cols, params, edge, cover, m, out):
 
 @njit(cache=True, nogil=True)
 def cells_to_pixels(words, pixel_cell, out):
-    """Copy each pixel's cell colour: words (A, R) uint32 RGBX; pixel_cell (H*W,) flat index
-    col * R + row; out (H*W*3,) uint8 RGB."""
+    """Copy each pixel's cell colour: words (R, A) uint32 RGBX; pixel_cell (H*W,) flat index
+    row * A + col; out (H*W*3,) uint8 RGB."""
     flat = words.reshape(-1)
     for p in range(pixel_cell.shape[0]):
         w = flat[pixel_cell[p]]

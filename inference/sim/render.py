@@ -15,9 +15,11 @@ import numpy as np
 from .camera import Camera, CameraPose, decompose_pose
 from .fastmath import power
 from .kernels import cells_to_pixels, shade_columns
+from .look import Look
 from .march import MarchConfig, march
 from .scene import Scene
 from .sky import haze_colour, rgb, sky_colour, sun_angles
+from .terrain import Ground, TerrainConfig
 
 
 @dataclass(kw_only=True)
@@ -68,8 +70,8 @@ def render_view(scene: Scene, camera: Camera, pose: np.ndarray, *, with_depth: b
     haze = haze_colour(scene, cos_daz)  # (3, A)
     ground = march(scene, cfg.march, grid, x, z, eye, sin_az, cos_az, haze)
     sky_from = int(ground.sky_row.min())
-    words = np.empty((grid.n_az, grid.n_el), np.uint32)  # column-major cells, RGBX
-    depth = np.empty((grid.n_az, grid.n_el) if with_depth else (1, 1), np.float32)
+    words = np.empty((grid.n_el, grid.n_az), np.uint32)  # RGBX per cell
+    depth = np.empty((grid.n_el, grid.n_az) if with_depth else (1, 1), np.float32)
     land = scene.ground
     m = land.detail.shape[0]
     inv = np.float32(1.0 / land.config.detail_cell_m)
@@ -122,3 +124,24 @@ def render_frame(scene: Scene, pose: np.ndarray, width: int, height: int,
                  config: RenderConfig | None = None) -> np.ndarray:
     """(H, W, 3) uint8 frame of `scene` from `pose` (builds a fresh Camera; engines keep theirs)."""
     return render_view(scene, Camera(width, height), pose, config=config).rgb
+
+
+def warm_up_kernels() -> None:
+    """Compile the renderer's loops (or load them from numba's cache) for scenes painted in this
+    process and for scenes mapped read-only from shared memory, so no frame waits for a compiler."""
+    for read_only in (False, True):
+        render_view(_tiny_scene(read_only), Camera(16, 16), np.eye(4))
+
+
+def _tiny_scene(read_only: bool) -> Scene:
+    """A flat 16-texel world with two mip levels: exercises every loop in a fraction of a millisecond."""
+    n = 16
+    config = TerrainConfig(size=n, detail_size=n, cloud_size=n)
+    arrays = [np.ones((n, n), np.float32), np.ones((n, n), np.float32),  # smooth height, detail
+              np.full((n * n + n * n // 4, 4), 0.5, np.float32), np.full((n, n), 0.5, np.float32)]  # texels, cloud
+    for a in arrays:
+        a.flags.writeable = not read_only
+    smooth, detail, texels, cloud = arrays
+    ground = Ground(config=config, origin=(0.0, 0.0), smooth=smooth, detail=detail)
+    levels = [(0, n, config.cell_m), (n * n, n // 2, 2 * config.cell_m)]
+    return Scene.from_parts(look=Look(), ground=ground, texels=texels, levels=levels, cloud=cloud)
