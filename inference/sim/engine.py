@@ -1,4 +1,4 @@
-"""SimEngine: the procedural world as a WorldEngine (numpy + pillow only, no torch)."""
+"""SimEngine: the procedural world as a WorldEngine (numpy, numba and pillow; no torch)."""
 
 from __future__ import annotations
 
