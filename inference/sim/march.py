@@ -76,11 +76,12 @@ def row_bounds(grid: RayGrid) -> np.ndarray:
     return bound
 
 
-def march(scene: Scene, cfg: MarchConfig, grid: RayGrid, x: float, z: float, eye: float,
+def march(scene: Scene, cfg: MarchConfig, bounds: np.ndarray, x: float, z: float, eye: float,
           sin_az: np.ndarray, cos_az: np.ndarray, haze: np.ndarray) -> GroundSamples:
     """Sample, light, haze and resolve visibility of the terrain for one frame.
 
-    haze: (3, A) colour the land fades to in each column. A sample at distance t with
+    bounds: (R,) row_bounds of the frame's grid; haze: (3, A) colour the land fades to in
+    each column. A sample at distance t with
     height h is seen at tan(elevation) s = (h - eye) / t; a cell at elevation e sees
     the first sample whose s reaches tan(e).
     """
@@ -89,9 +90,9 @@ def march(scene: Scene, cfg: MarchConfig, grid: RayGrid, x: float, z: float, eye
     look = scene.look
     n_az = sin_az.shape[0]
     packed = np.empty((n_az, t.shape[0], 5), np.float32)
-    hit = np.empty((n_az, grid.n_el), np.int16)
+    hit = np.empty((n_az, bounds.shape[0]), np.int16)
     sky_row = np.empty(n_az, np.int32)
     march_columns(scene.texels, first, size, u_base, v_base, tc, t, (-look.fog_density * t).astype(np.float32),
                   float(eye), float(scene.water_level), np.float32(-1.0 / look.fog_height_m),
-                  sin_az, cos_az, haze, row_bounds(grid), packed, hit, sky_row)
+                  sin_az, cos_az, haze, bounds, packed, hit, sky_row)
     return GroundSamples(t=t, packed=packed, hit=hit, sky_row=sky_row)

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .camera import Camera, CameraPose, decompose_pose
+from .camera import Camera, CameraPose, RayGrid, decompose_pose
 from .fastmath import power
 from .kernels import cells_to_pixels, shade_columns
 from .look import Look
-from .march import MarchConfig, march
+from .march import MarchConfig, march, row_bounds
 from .scene import Scene
 from .sky import haze_colour, rgb, sky_colour, sun_angles
 from .terrain import Ground, TerrainConfig
@@ -57,30 +57,54 @@ def eye_position(scene: Scene, pose: np.ndarray,
     return cp, (mx + land.origin[0]) % period, eye, (mz + land.origin[1]) % period
 
 
+@dataclass(kw_only=True)
+class RowTerms:
+    """Per-row quantities of a ray grid: the same for every frame rendered at its pitch."""
+
+    el: np.ndarray  # (R,) float64 row elevations, clipped short of the poles
+    tan_el: np.ndarray  # (R,) float32
+    cos_el: np.ndarray  # (R,) float32, at least 1e-6 (ray length from horizontal distance)
+    bounds: np.ndarray  # (R,) float64 march.row_bounds
+    water: np.ndarray  # (R, 3) float32 looking down: sin, Fresnel reflectance, cos
+    up: np.ndarray  # (1, R) float32 sqrt(sin looking down): mirrored sky from horizon to zenith
+
+
+def row_terms(grid: RayGrid) -> RowTerms:
+    """The grid's RowTerms, derived on first use and kept with it."""
+    if grid.rows is None:
+        el = np.clip(grid.el0 + grid.del_ * np.arange(grid.n_el), -1.5707, 1.5707)
+        sin_down = np.maximum(-np.sin(el), 0.0).astype(np.float32)
+        water = np.stack([sin_down, 0.03 + 0.97 * power(1.0 - sin_down, 5),
+                          np.sqrt(1.0 - sin_down * sin_down)], axis=1).astype(np.float32)
+        grid.rows = RowTerms(el=el, tan_el=np.tan(el).astype(np.float32),
+                             cos_el=np.maximum(np.cos(el), 1e-6).astype(np.float32), bounds=row_bounds(grid),
+                             water=water, up=np.sqrt(sin_down)[None])
+    return grid.rows
+
+
 def render_view(scene: Scene, camera: Camera, pose: np.ndarray, *, with_depth: bool = False,
                 config: RenderConfig | None = None) -> View:
     """Render the frame seen from a camera-to-world pose (OpenCV axes: x right, y down, z forward)."""
     cfg = config or RenderConfig()
     cp, x, eye, z = eye_position(scene, pose, cfg)
     grid = camera.grid(cp.pitch)
+    rows = row_terms(grid)
     world_az = (cp.yaw + grid.az0 + grid.daz * np.arange(grid.n_az)).astype(np.float32)
-    el = np.clip(grid.el0 + grid.del_ * np.arange(grid.n_el), -1.5707, 1.5707)
     sin_az, cos_az = np.sin(world_az), np.cos(world_az)
     cos_daz = np.cos(world_az - sun_angles(scene)[0]).astype(np.float32)
     haze = haze_colour(scene, cos_daz)  # (3, A)
-    ground = march(scene, cfg.march, grid, x, z, eye, sin_az, cos_az, haze)
+    ground = march(scene, cfg.march, rows.bounds, x, z, eye, sin_az, cos_az, haze)
     sky_from = int(ground.sky_row.min())
     words = np.empty((grid.n_el, grid.n_az), np.uint32)  # RGBX per cell
     depth = np.empty((grid.n_el, grid.n_az) if with_depth else (1, 1), np.float32)
     land = scene.ground
     m = land.detail.shape[0]
     inv = np.float32(1.0 / land.config.detail_cell_m)
-    water, row_water, col_water, ripple_bin = _water_terms(scene, el, cos_daz, world_az, m)
-    shade_columns(ground.packed, ground.hit, ground.t, np.tan(el).astype(np.float32),
-                  _sky_half(scene, el, world_az, sky_from, (x, z)), sky_from, land.detail.reshape(-1), m,
+    water, row_water, col_water, ripple_bin = _water_terms(scene, rows, cos_daz, world_az, m)
+    shade_columns(ground.packed, ground.hit, ground.t, rows.tan_el,
+                  _sky_half(scene, rows.el, world_az, sky_from, (x, z)), sky_from, land.detail.reshape(-1), m,
                   float(eye), np.float32(x * inv), np.float32(z * inv), inv, float(cfg.detail_fade_m),
-                  sin_az, cos_az, water, row_water, col_water, ripple_bin, haze, words, depth,
-                  np.maximum(np.cos(el), 1e-6).astype(np.float32))
+                  sin_az, cos_az, water, row_water, col_water, ripple_bin, haze, words, depth, rows.cos_el)
     rgb = np.empty((camera.height, camera.width, 3), np.uint8)
     cells_to_pixels(words, grid.pixel_cell, rgb.reshape(-1))
     depth_px = None
@@ -103,21 +127,16 @@ def _sky_half(scene: Scene, el: np.ndarray, world_az: np.ndarray, sky_from: int,
                       world_az[::2], cam_xz)
 
 
-def _water_terms(scene: Scene, el: np.ndarray, cos_daz: np.ndarray, world_az: np.ndarray,
+def _water_terms(scene: Scene, rows: RowTerms, cos_daz: np.ndarray, world_az: np.ndarray,
                  m: int) -> tuple[np.ndarray, ...]:
     """Per-frame, per-row and per-column terms of the water reflection (see kernels.shade_columns)."""
     look = scene.look
     _, sin_s, cos_s = sun_angles(scene)
     water = np.array([scene.water_level + 0.15, sin_s, look.sun_strength, *look.sun_colour], np.float32)
-    sin_down = np.maximum(-np.sin(el), 0.0).astype(np.float32)  # (R,)
-    rows = np.empty((el.shape[0], 6), np.float32)
-    rows[:, 0] = sin_down
-    rows[:, 1] = 0.03 + 0.97 * power(1.0 - sin_down, 5)  # Fresnel
-    rows[:, 2] = np.sqrt(1.0 - sin_down * sin_down)
-    up = np.sqrt(sin_down)[None]
-    rows[:, 3:] = (rgb(look.sky_horizon, 2) * (1 - up) + rgb(look.sky_zenith, 2) * up).T  # sky in the mirror
+    mirror = rgb(look.sky_horizon, 2) * (1 - rows.up) + rgb(look.sky_zenith, 2) * rows.up  # (3, R) sky seen
+    row_water = np.concatenate([rows.water, mirror.T], axis=1)  # (R, 6)
     ripple_bin = np.floor(world_az * 900.0).astype(np.int32) % m  # breaks the sun's glitter into sparkles
-    return water, rows, (np.float32(cos_s) * cos_daz).astype(np.float32), ripple_bin.astype(np.int64)
+    return water, row_water, (np.float32(cos_s) * cos_daz).astype(np.float32), ripple_bin.astype(np.int64)
 
 
 def render_frame(scene: Scene, pose: np.ndarray, width: int, height: int,
