@@ -101,7 +101,8 @@ def bench(scene: Scene, width: int, height: int, frames: int, stages: StageTimer
         wall.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3))
         cpu.append(((c1 - c0) * 1e3, (c2 - c1) * 1e3))
     w, c = np.array(wall), np.array(cpu)
-    return {"render": float(np.median(c[:, 0])), "render_mean": float(np.mean(c[:, 0])), "jpeg": float(np.median(c[:, 1])),
+    return {"render": float(np.median(c[:, 0])), "render_mean": float(np.mean(c[:, 0])),
+            "jpeg": float(np.median(c[:, 1])),
             "total": float(np.median(c.sum(axis=1))), "p90": float(np.percentile(c.sum(axis=1), 90)),
             "wall": float(np.median(w.sum(axis=1)))}
 
@@ -126,7 +127,8 @@ def main() -> None:
                   f" {m['wall']:5.1f})  -> {fps:5.1f} fps, fps/16 = {fps / 16:4.2f}x")
             if stages is not None:
                 glue = m["render_mean"] - sum(stages.ms.values()) / args.frames
-                for stage, ms in [*stages.ms.items(), ("glue (numpy set-up, per-row/column terms)", glue * args.frames)]:
+                rows = [*stages.ms.items(), ("glue (numpy set-up, per-row/column terms)", glue * args.frames)]
+                for stage, ms in rows:
                     print(f"    {stage:48} {ms / args.frames:5.2f} ms")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
