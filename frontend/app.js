@@ -118,6 +118,7 @@ function onText(msg) {
       if (msg.state === "queued") ui.showMessage(`Waiting for a free slot${where ? ` (position${where})` : ""}…`, "info");
       if (msg.state === "generating") clearMessageIf(["engine_failed"], true);
       if (msg.state === "stalled") ui.showMessage("The engine has fallen behind; the picture will resume.", "warn");
+      if (msg.state === "ending") ui.showMessage(msg.message || `This world ends in ${Math.round(msg.seconds_left)} s.`, "warn");
       break;
     }
     case "error":

@@ -11,10 +11,11 @@ const ERROR_TEXT = {
   unauthorized: "Access denied: enter a valid access token and press Start.",
   engine_failed: "The world engine failed; the server is restarting it and your world resumes when it is back.",
   upsampler_failed: "Prompt enhancement is unavailable; your prompt is used as written.",
+  session_limit: "This world reached the model's length limit; press Reset (or Start) to walk on from a new start.",
 };
 
 /** Errors after which the stream goes on. */
-const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized"]);
+const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized", "session_limit"]);
 
 /** @returns {{text: string, level: "warn"|"error"}} */
 export function describeError(code, detail) {

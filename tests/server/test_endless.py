@@ -84,3 +84,27 @@ def test_a_server_session_streams_past_a_short_table_without_the_client_doing_an
         assert receive(ws, 10.0, until_type="pong").of_type("pong")  # the session is still alive and answering
     finally:
         ws.close()
+
+
+def test_a_global_mode_session_warns_then_ends_with_session_limit_and_resets(server_factory, tiny_dir):
+    """Global attention, 12-frame table: stats count seconds left down, the client is warned, then told
+    session_limit once the last frame has played (its last state is 'ended'); a reset streams a new start."""
+    srv = server_factory(ENGINE="lingbot-fast", MODEL_DIR=str(tiny_dir), ENGINE_STEP_TIMEOUT_S="120",
+                         ENGINE_ARGS="--rope-frames 12 --kv-window -1")
+    ws, reply = start_session(srv, size="48*32", seed=4)
+    try:
+        total = 9 + 3 * 12  # 4 chunks of 3 latent frames fill the table
+        got = receive(ws, 90.0, until_type="error")
+        errors = got.of_type("error")
+        assert [e["code"] for e in errors] == ["session_limit"], (errors, srv.log_tail())
+        receive(ws, 1.0, into=got)  # text may overtake the last queued frame on the client's channel
+        assert len(got.frames) == total
+        states = [m["state"] for m in got.of_type("status")]
+        assert "ending" in states and states[-1] == "ended", states  # the end is told as such, not as a stall
+        left = [m["seconds_left"] for m in got.of_type("stats") if m.get("seconds_left") is not None]
+        assert left and all(a >= b for a, b in zip(left, left[1:])) and left[0] <= total / 16 + 0.01, left
+        ws.send(json.dumps({"type": "reset"}))
+        again = receive(ws, 60.0, frames=9)
+        assert len(again.frames) >= 9 and not again.of_type("error"), srv.log_tail()
+    finally:
+        ws.close()
