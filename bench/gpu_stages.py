@@ -310,9 +310,11 @@ def memory_plan_vs_measured(run: CheckRun) -> dict:
         if got is None:
             continue
         dtype = "float32" if run.dry_run else "bfloat16"
-        plan = MemoryPlan(Deployment(weights=weights, dtype=dtype), ModelShapes(dit=got["config"]))
+        deployment = Deployment(weights=weights, dtype=dtype, direct_attention=run.device.type == "cpu")
+        plan = MemoryPlan(deployment, ModelShapes(dit=got["config"]))
         step = plan.step(width, height, 1)
-        planned = step["DiT activations"] + step["KV eviction (one layer)"] + step.get("fp8 dequantized weight", 0)
+        planned = (step["DiT activations"] + step["KV eviction (one layer)"] + step.get("fp8 dequantized weight", 0)
+                   + step.get("attention scores (direct path)", 0))
         rows[f"dit_{weights}_step"] = (got["step_transient_bytes"], planned)
         rows[f"dit_{weights}_kv"] = (got["kv_bytes"], plan.session(width, height)["self-attention KV"])
     for dtype in ("float32", "bfloat16"):

@@ -282,7 +282,8 @@ class LingbotFastEngine(WorldEngine):
             dit_fsdp=bool(meshes), t5_fsdp=t5_sharded, t5_device="cuda" if t5_here else "cpu",
             weights="fp8" if is_fp8(m.dit) else "bf16", dtype=str(self.dtype).removeprefix("torch."),
             vae_dtype=vae_dtype, window=self.rope_frames if self.window == GLOBAL_WINDOW else self.window,
-            sink=self.sink, max_batch=max_batch)  # a global cache holds the whole table
+            sink=self.sink, max_batch=max_batch,  # a global cache holds the whole table
+            direct_attention=backend_report(self.device, self.dtype, m.dit.config.head_dim) == "direct")
         plan = MemoryPlan(deployment, ModelShapes(dit=m.dit.config, t5=m.text.model.config, vae=m.vae.config))
         weights = sum(module_bytes(part, self.device) for part in (m.dit, m.vae, m.text.model))
         return MemoryGate(plan, self.device, weights_bytes=weights, rank=rank, limit_bytes=limit, enabled=admit,

@@ -106,16 +106,55 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.transpose(1, 2).to(q.dtype)  # (B, Lq, heads, head_dim)
 
 
+SCORE_BLOCK_BYTES = 4 << 20  # float32 scores of one direct-attention block (the issue-14 chunk, 8 x 180 x 600, fits)
+
+
 def direct_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Two batched matmuls around a float32 softmax: q k^T in float32, p v in q's dtype. Layouts as `attention`."""
+    """Two batched matmuls around a float32 softmax: q k^T in float32, p v in q's dtype. Layouts as `attention`.
+
+    The scores are materialised, so eagerly they are computed a block of
+    heads at a time, SCORE_BLOCK_BYTES each (a large model's chunk would
+    otherwise hold heads x queries x keys floats at once; the memory plan
+    counts activations per token, as flash kernels need). A compiled step
+    takes one block (its key count may be a dynamic size).
+    """
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    bias = None if key_mask is None else key_bias(key_mask)  # (B, Lk) float32
+    per_head = lq * lk * 4
+    if torch.compiler.is_compiling() or b * h * per_head <= SCORE_BLOCK_BYTES:
+        return attention_block(q, k, v, bias)
+    heads = max(1, SCORE_BLOCK_BYTES // per_head)
+    out = q.new_empty(b, lq, h, d)
+    for i in range(b):
+        item_bias = None if bias is None else bias[i:i + 1]
+        for j in range(0, h, heads):
+            part = slice(j, j + heads)
+            out[i:i + 1, :, part] = attention_block(q[i:i + 1, :, part], k[i:i + 1, :, part], v[i:i + 1, :, part],
+                                                    item_bias)
+    return out
+
+
+def direct_attention_bytes(batch: int, heads: int, queries: int, keys: int, head_dim: int, dtype_bytes: int) -> int:
+    """Peak transient bytes of one `direct_attention` call: its largest block's float32 scores, softmax and
+    probabilities in the input dtype, and the block's head-first copies of q, k (float32) and v."""
+    per_head = queries * keys * 4
+    block = batch * heads if batch * heads * per_head <= SCORE_BLOCK_BYTES else min(heads, max(
+        1, SCORE_BLOCK_BYTES // per_head))
+    probs = 0 if dtype_bytes == 4 else dtype_bytes  # a float32 softmax is already the probabilities
+    return block * (queries * keys * (8 + probs) + head_dim * (4 * queries + (4 + dtype_bytes) * keys))
+
+
+def attention_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`direct_attention` of one block in one piece; bias (B, Lk) float32 or None."""
     b, lq, h, d = q.shape
     lk = k.shape[1]
     qh, kh = heads_first(q, torch.float32), heads_first(k, torch.float32)  # (B*H, Lq or Lk, D)
-    if key_mask is None:
+    if bias is None:
         bias, beta = qh.new_empty(b * h, lq, lk), 0.0  # beta 0: the product alone
     else:
-        bias, beta = key_bias(key_mask).repeat_interleave(h, dim=0)[:, None, :], 1.0  # (B*H, 1, Lk)
+        bias, beta = bias.repeat_interleave(h, dim=0)[:, None, :], 1.0  # (B*H, 1, Lk)
     scores = torch.baddbmm(bias, qh, kh.transpose(1, 2), beta=beta, alpha=d ** -0.5)  # (B*H, Lq, Lk)
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     vh = heads_first(v, q.dtype)  # (B*H, Lk, D)

@@ -17,7 +17,8 @@ heads under Ulysses), its prompt's cross-attention K/V (all heads), the
 causal VAE encoder cache of its condition (until the condition reaches its
 steady state) and, on rank 0 only, the VAE decoder cache. A step adds a
 transient: the DiT activations of the batch, one layer's eviction shift,
-the gathered FSDP2 blocks, and (one session at a time) VAE decode/encode.
+the gathered FSDP2 blocks, the attention score block where attention runs
+the direct path (the CPU), and (one session at a time) VAE decode/encode.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inference.models.attention import direct_attention_bytes
 from inference.models.config import DiTConfig
 from inference.models.t5 import T5Config
 from inference.models.vae import SPACE_STRIDE, VAEConfig
@@ -80,6 +82,8 @@ class Deployment:
     """Latent frames pinned in the window."""
     max_batch: int = 8
     """Largest same-size batch the engine may run (its activations must fit)."""
+    direct_attention: bool = False
+    """Attention materialises its scores a block at a time (the CPU's direct path) instead of a flash kernel."""
 
     def __post_init__(self) -> None:
         self.ulysses = self.gpus if self.ulysses is None else self.ulysses
@@ -259,6 +263,10 @@ class MemoryPlan:
         kept = (d.window - d.sink - CHUNK_LATENTS) * self.tokens_per_frame(width, height)
         out = {"DiT activations": int(local_tokens * per_token) + gather,
                "KV eviction (one layer)": kept * (c.dim // d.ulysses) * p}
+        if d.direct_attention:  # on top of the attention phase's activations (measured with flash kernels)
+            heads = c.num_heads // d.ulysses
+            out["attention scores (direct path)"] = direct_attention_bytes(
+                batch, heads, tokens // batch, window_tokens, c.head_dim, p)
         if d.dit_fsdp and d.gpus > 1:  # the running block and the prefetched next one, unsharded
             out["FSDP2 gathered blocks"] = 2 * dit_parameter_split(self.shapes.dit)[4] * p
         if d.weights == "fp8":  # weight-only path: one linear's weight dequantized at a time (cast, then scaled)

@@ -60,3 +60,28 @@ def test_bfloat16_scores_stay_float32():
     # output and probabilities each rounded once to bfloat16: within one bfloat16 eps of the scale (scores
     # rounded to bfloat16 miss it 2.5x on these inputs)
     assert err <= torch.finfo(torch.bfloat16).eps * exact.abs().max()
+
+
+def test_large_score_tensors_are_computed_a_block_of_heads_at_a_time(monkeypatch):
+    """Past SCORE_BLOCK_BYTES the direct path splits the batch and heads into blocks; the result (per-item masks
+    included) is the whole computation's, and the plan's direct-attention bytes count one block."""
+    from inference.models import attention as module
+
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 6, 5, 8, generator=g)
+    k, v = torch.randn(2, 9, 5, 8, generator=g), torch.randn(2, 9, 5, 8, generator=g)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 4])[:, None]
+    whole = attention(q, k, v, mask)
+    assert module.direct_attention_bytes(2, 5, 6, 9, 8, 4) == 2 * 5 * (6 * 9 * 8 + 8 * (4 * 6 + 8 * 9))
+    monkeypatch.setattr(module, "SCORE_BLOCK_BYTES", 2 * 6 * 9 * 4)  # two heads of one item per block
+    blocks, block = [], module.attention_block
+
+    def counted(q_, k_, v_, bias):
+        blocks.append(q_.shape[2])
+        return block(q_, k_, v_, bias)
+
+    monkeypatch.setattr(module, "attention_block", counted)
+    split = attention(q, k, v, mask)
+    assert blocks == [2, 2, 1, 2, 2, 1]  # per item: heads 0-1, 2-3, 4
+    assert module.direct_attention_bytes(2, 5, 6, 9, 8, 4) == 2 * (6 * 9 * 8 + 8 * (4 * 6 + 8 * 9))
+    assert torch.equal(split, whole)

@@ -113,6 +113,8 @@ def test_planned_dit_activations_match_the_measured_peak(dtype):
             model(torch.randn(1, 16, 3, h, w), y, torch.tensor([500]), control, cache, [3 * chunk])
         x = torch.randn(1, 16, 3, h, w)
         measured = peak_bytes(lambda: model(x, y, torch.tensor([500]), control, cache, [6]), "cpu")
-    plan = mp.MemoryPlan(mp.Deployment(dtype=str(dtype).removeprefix("torch.")), mp.ModelShapes(dit=config))
-    planned = plan.step(w * 8, h * 8, 1)["DiT activations"]
+    # the CPU's attention path, over the cache's window of 6 frames
+    deployment = mp.Deployment(dtype=str(dtype).removeprefix("torch."), direct_attention=True, window=6, sink=3)
+    step = mp.MemoryPlan(deployment, mp.ModelShapes(dit=config)).step(w * 8, h * 8, 1)
+    planned = step["DiT activations"] + step["attention scores (direct path)"]
     assert 0.85 < planned / measured < 1.15, (planned, measured)
