@@ -12,6 +12,7 @@ from inference.models.config import DiTConfig
 from inference.models.dit_blocks import DiTBlock, FloatLinear, Head, run_in_weight_dtype
 from inference.models.attention import takes_key_bias
 from inference.models.kv_cache import CachePlan, DiTCache, SelfAttentionCache, TextCache
+from inference.models.packed_linear import Linear
 from inference.models.rope import RotaryTables, rotations
 from inference.models.sequence import LOCAL, LocalSequence, Rope
 
@@ -37,11 +38,11 @@ class CausalDiT(nn.Module):
         self.config = config
         dim, patch = config.dim, config.patch_size
         self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=patch, stride=patch)
-        self.patch_embedding_wancamctrl = nn.Linear(config.control_channels * config.patch_volume, dim)
-        self.c2ws_hidden_states_layer1 = nn.Linear(dim, dim)
-        self.c2ws_hidden_states_layer2 = nn.Linear(dim, dim)
+        self.patch_embedding_wancamctrl = Linear(config.control_channels * config.patch_volume, dim)
+        self.c2ws_hidden_states_layer1 = Linear(dim, dim)
+        self.c2ws_hidden_states_layer2 = Linear(dim, dim)
         self.text_embedding = nn.Sequential(
-            nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+            Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))
         self.time_embedding = nn.Sequential(FloatLinear(config.freq_dim, dim), nn.SiLU(), FloatLinear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), FloatLinear(dim, dim * 6))
         self.blocks = nn.ModuleList(

@@ -8,6 +8,7 @@ from torch import nn
 
 from inference.models.attention import attention
 from inference.models.kv_cache import CachePlan, SelfAttentionCache
+from inference.models.packed_linear import Linear
 from inference.models.rope import rotate
 from inference.models.sequence import LOCAL, LocalSequence
 
@@ -59,10 +60,10 @@ class AttentionProjections(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.k = Linear(dim, dim)
+        self.v = Linear(dim, dim)
+        self.o = Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
@@ -118,12 +119,12 @@ class DiTBlock(nn.Module):
         self.norm3 = layer_norm(dim, eps, affine=True) if cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, num_heads, qk_norm, eps)
         self.norm2 = layer_norm(dim, eps, affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
-        self.cam_injector_layer1 = nn.Linear(dim, dim)
-        self.cam_injector_layer2 = nn.Linear(dim, dim)
-        self.cam_scale_layer = nn.Linear(dim, dim)
-        self.cam_shift_layer = nn.Linear(dim, dim)
+        self.cam_injector_layer1 = Linear(dim, dim)
+        self.cam_injector_layer2 = Linear(dim, dim)
+        self.cam_scale_layer = Linear(dim, dim)
+        self.cam_shift_layer = Linear(dim, dim)
 
     def camera_modulation(self, camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Camera tokens (B, L, dim) -> this block's (1 + scale, shift), float32 (B, L, dim) each.
