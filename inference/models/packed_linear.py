@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -17,9 +18,10 @@ def _packing_available() -> bool:
 
 
 PACKING = _packing_available()
-# module -> ((weight data pointer, weight version), packed weight); outside the module, so copies, state dicts
-# and pickles of the model never meet the opaque oneDNN tensor
-_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id(weight) -> (weak reference to it, (data pointer, version), packed copy): checked against the weight itself,
+# so a new weight never meets an old copy, and kept outside the module, so copies, state dicts and pickles
+# never meet the opaque oneDNN tensor; an entry leaves with its weight
+_packed: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
 
 
 class Linear(nn.Linear):
@@ -28,28 +30,55 @@ class Linear(nn.Linear):
     oneDNN multiplies bfloat16 in a blocked layout and reorders a plain
     weight into it on every call. For the DiT's short GEMMs (a chunk of a
     few hundred tokens against a 512-5120 wide weight) that reorder halves
-    the throughput when every call meets another weight, as a forward does
-    (bench/dit_efficiency.py: "model shapes" against a chunk). So eager
-    bfloat16 CPU calls keep a packed copy, made on first use and again
-    whenever the weight changes (its data pointer or version counter moves,
-    as load_state_dict and .to() do). The copy costs the weight's bytes once
-    more (CPU only). Traced calls (torch.compile) and calls that autograd
-    must see take F.linear.
+    the throughput when every call meets another weight, as a forward does.
+    So bfloat16 CPU calls keep a packed copy per weight, made on first use
+    and again whenever the weight changes in place (its version counter
+    moves, as load_state_dict does). The copy costs the weight's bytes once
+    more (CPU only). Compiled steps reach it through the opaque op
+    `lingbot::packed_linear`; calls that autograd must see take F.linear.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if (not PACKING or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.device.type != "cpu"
-                or weight.device.type != "cpu" or type(weight) is not nn.Parameter and type(weight) is not torch.Tensor
-                or torch.compiler.is_compiling()
+                or weight.device.type != "cpu" or type(weight) not in (nn.Parameter, torch.Tensor)
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(x), self.bias, "none", [], "")
+        if torch.compiler.is_compiling():
+            return packed_linear(x, weight, self.bias)
+        return packed_product(x, weight, self.bias)
 
-    def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version)
-        cached = _packed.get(self)
-        if cached is None or cached[0] != key:
-            rows = x.numel() // x.shape[-1]  # a layout hint only: other row counts use the same packing
-            cached = _packed[self] = key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), rows)
-        return cached[1]
+
+def packed_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias through the weight's packed copy (bfloat16 CPU tensors)."""
+    key = (weight.data_ptr(), weight._version)
+    cached = _packed.get(id(weight))
+    if cached is None or cached[0]() is not weight or cached[1] != key:
+        rows = x.numel() // x.shape[-1]  # a layout hint only: other row counts use the same packing
+        gone = functools.partial(_forget, id(weight))
+        cached = _packed[id(weight)] = (weakref.ref(weight, gone), key,
+                                        torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows))
+    return torch.ops.mkldnn._linear_pointwise(x, cached[2], bias, "none", [], "")
+
+
+def _forget(weight_id: int, ref: weakref.ref) -> None:
+    entry = _packed.get(weight_id)
+    if entry is not None and entry[0] is ref:
+        del _packed[weight_id]
+
+
+def is_packed(weight: torch.Tensor) -> bool:
+    """Whether `weight` has a packed copy (for tests)."""
+    entry = _packed.get(id(weight))
+    return entry is not None and entry[0]() is weight
+
+
+@torch.library.custom_op("lingbot::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`packed_product` as one opaque op of a compiled graph (the runtime passes the parameter itself)."""
+    return packed_product(x, weight, bias)
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])

@@ -25,7 +25,7 @@ def test_packed_product_is_f_linear_bit_for_bit_for_any_row_count():
     for shape in ((7, 48), (1, 30, 48), (2, 5, 48)):
         x = torch.randn(shape).bfloat16()
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias)), shape
-    assert layer in packed_linear._packed
+    assert packed_linear.is_packed(layer.weight)
 
 
 def test_a_changed_weight_is_repacked():
@@ -51,8 +51,26 @@ def test_float32_autograd_and_copies_take_the_plain_path():
     assert torch.equal(torch.load(buffer, weights_only=False)(x), layer(x))
     grad = Linear(48, 40).to(torch.bfloat16)
     out = grad(x)
-    assert out.requires_grad and grad not in packed_linear._packed
+    assert out.requires_grad and not packed_linear.is_packed(grad.weight)
     out.float().sum().backward()
     assert grad.weight.grad is not None
     fp32 = Linear(48, 40)
     assert torch.equal(fp32(x.float()), F.linear(x.float(), fp32.weight, fp32.bias))
+
+
+@torch.no_grad()
+def test_a_compiled_graph_calls_the_packed_op_without_a_graph_break():
+    """Under torch.compile the packed product is one opaque op: no graph break, F.linear's bits, and a weight
+    loaded in place after compiling reaches the compiled graph's product."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    first, second = bf16_linear(seed=2), bf16_linear(40, 24, seed=3)
+    fn = torch.compile(lambda x: second(torch.relu(first(x))), fullgraph=True)
+    x = torch.randn(6, 48).bfloat16()
+    want = lambda: F.linear(torch.relu(F.linear(x, first.weight, first.bias)), second.weight, second.bias)  # noqa: E731
+    assert torch.equal(fn(x), want())
+    first.load_state_dict(bf16_linear(seed=4).state_dict())
+    assert torch.equal(fn(x), want())
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
