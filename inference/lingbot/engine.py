@@ -26,6 +26,7 @@ from inference.lingbot.session import SessionStream, start_frame
 from inference.lingbot.slots import SlotPool
 from inference.models.attention import backend_report
 from inference.models.fp8 import is_fp8
+from inference.models.packed_linear import packed_bytes
 from inference.models.vae import SPACE_STRIDE, StreamingDecoder
 from inference.tools.memory_plan import Deployment, MemoryPlan, ModelShapes
 
@@ -286,6 +287,7 @@ class LingbotFastEngine(WorldEngine):
             direct_attention=backend_report(self.device, self.dtype, m.dit.config.head_dim) == "direct")
         plan = MemoryPlan(deployment, ModelShapes(dit=m.dit.config, t5=m.text.model.config, vae=m.vae.config))
         weights = sum(module_bytes(part, self.device) for part in (m.dit, m.vae, m.text.model))
+        weights += packed_bytes(m.dit) if self.device.type == "cpu" else 0  # bf16 CPU linears keep packed copies
         return MemoryGate(plan, self.device, weights_bytes=weights, rank=rank, limit_bytes=limit, enabled=admit,
                           agree=agree)
 

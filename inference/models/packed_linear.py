@@ -67,6 +67,13 @@ def _forget(weight_id: int, ref: weakref.ref) -> None:
         del _packed[weight_id]
 
 
+def packed_bytes(module: nn.Module) -> int:
+    """Bytes the packed copies of `module`'s Linears take once used (bfloat16 weights on the CPU; else 0)."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in module.modules() if isinstance(m, Linear)
+               and PACKING and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
+               and type(m.weight) in (nn.Parameter, torch.Tensor))
+
+
 def is_packed(weight: torch.Tensor) -> bool:
     """Whether `weight` has a packed copy (for tests)."""
     entry = _packed.get(id(weight))

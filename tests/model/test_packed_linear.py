@@ -26,6 +26,7 @@ def test_packed_product_is_f_linear_bit_for_bit_for_any_row_count():
         x = torch.randn(shape).bfloat16()
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias)), shape
     assert packed_linear.is_packed(layer.weight)
+    assert packed_linear.packed_bytes(torch.nn.Sequential(layer, Linear(4, 4))) == 40 * 48 * 2  # bf16 ones only
 
 
 def test_a_changed_weight_is_repacked():
