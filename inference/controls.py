@@ -33,6 +33,12 @@ Timeline rules:
   folds the oldest ones, so the final state is always right; only the
   sub-frame timing of the folded edges is lost). Sampling ranges are meant
   to move forward; a range before the folded state is answered from it.
+
+Look deltas (mouse, gamepad) become look-key time: a turn of x degrees is
+the look key held for x / 32 s (2 degrees per frame at 16 fps), queued per
+axis after the look time still pending (`LookTrack`), so a sample holds
+look-key fractions like any key press and `act` models see key states. A
+look adds to the keys of its axis within a frame, clipped to one full key.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ MOVE_PER_FRAME = 0.05  # world units per frame of W/A/S/D at 16 fps
 TURN_DEG_PER_FRAME = 2.0  # degrees per frame of I/J/K/L at 16 fps
 PITCH_LIMIT_DEG = 85.0
 MAX_EVENTS = 256
+LOOK_DEG_PER_S = TURN_DEG_PER_FRAME * FPS  # a held look key turns this fast; look deltas are played at this rate
+LOOK_BACKLOG_S = 1.0  # look time queued ahead per axis (32 degrees); a delta beyond it is cut and counted
+# Look axes as (column of the positive direction, column of the negative one): yaw right l / left j, pitch up i / down k.
+LOOK_AXES = ((7, 5), (4, 6))
 
 
 def canonical_key(name: str) -> str:
@@ -98,6 +108,7 @@ class KeyTimeline:
         self._horizon = -math.inf  # end of the last sampled range
         self._press_shift = [0.0] * len(KEY_ORDER)  # delay applied to each key's last late press
         self.folded_by_cap = 0  # edges folded early because of the cap (flood counter)
+        self.looks = LookTrack(max_spans=max_events)
 
     @property
     def event_count(self) -> int:
@@ -131,9 +142,14 @@ class KeyTimeline:
         return self.edge(key, "up", t)
 
     def release_all(self, t: float) -> None:
-        """Release every key at t (focus lost, reset, disconnect)."""
+        """Release every key at t and drop look time not played by then (focus lost, reset, disconnect)."""
         for key in KEY_ORDER:
             self.edge(key, "up", t)
+        self.looks.stop(max(t, self._horizon))
+
+    def look(self, yaw_deg: float, pitch_deg: float, t: float) -> float:
+        """Queue a look delta arriving at t (yaw right and pitch up positive); returns the degrees cut by the cap."""
+        return self.looks.add(yaw_deg, pitch_deg, max(float(t), self._horizon))
 
     def held(self, t: float) -> set[str]:
         """Keys effectively held at time t (after newest-wins between opposite keys)."""
@@ -163,9 +179,10 @@ class KeyTimeline:
             seg_start[:, None], frame_edges[None, :-1])
         overlap = np.clip(overlap, 0.0, None)
         fractions = overlap.T @ np.asarray(states, dtype=np.float64) / ((t1 - t0) / n)
+        fractions = _add_looks(np.clip(fractions, 0.0, 1.0), self.looks.sample(frame_edges))
         self._fold_until(t0)
         self._horizon = max(self._horizon, t1)
-        return np.clip(fractions, 0.0, 1.0).astype(np.float32)
+        return fractions.astype(np.float32)
 
     def _insert(self, event: tuple[float, int, int, bool]) -> None:
         self._seq += 1
@@ -193,6 +210,95 @@ class KeyTimeline:
                 break
             _apply(presses, t_e, seq, column, down)
         return presses
+
+
+class LookTrack:
+    """Look deltas as spans of look-key time, per axis: played one after another at `LOOK_DEG_PER_S`.
+
+    A delta starts when it arrives or when the axis's earlier look time ends,
+    whichever is later. A delta against the direction still queued first
+    cancels that queued time (a mouse moved right and back nets out). The
+    queue ahead of the arrival time holds at most `LOOK_BACKLOG_S` per axis;
+    the rest of a delta is cut (`cut_deg` counts it). At most `max_spans`
+    spans wait per axis; a delta beyond them is cut too.
+    """
+
+    def __init__(self, *, max_spans: int = MAX_EVENTS):
+        self.max_spans = max_spans
+        self._spans: tuple[list[list], ...] = ([], [])  # per axis: [start, end, column], in time order
+        self.cut_deg = 0.0
+
+    def add(self, yaw_deg: float, pitch_deg: float, t: float) -> float:
+        """Queue a delta arriving at t; returns the degrees cut."""
+        cut = 0.0
+        for spans, (positive, negative), delta in zip(self._spans, LOOK_AXES, (yaw_deg, pitch_deg)):
+            delta = float(delta)
+            if not math.isfinite(delta) or not math.isfinite(t):
+                raise ValueError(f"look delta {delta!r} at {t!r}: expected finite numbers")
+            if delta:
+                cut += self._queue(spans, positive if delta > 0 else negative, abs(delta) / LOOK_DEG_PER_S, t)
+        self.cut_deg += cut
+        return cut
+
+    def _queue(self, spans: list[list], column: int, seconds: float, t: float) -> float:
+        if spans and spans[-1][2] != column and spans[-1][1] > t:  # cancel queued time of the other direction
+            last = spans[-1]
+            take = min(seconds, last[1] - max(last[0], t))
+            last[1] -= take
+            seconds -= take
+            if last[1] <= last[0]:
+                spans.pop()
+        if seconds <= 0:
+            return 0.0
+        start = max(t, spans[-1][1]) if spans else t
+        allowed = max(0.0, t + LOOK_BACKLOG_S - start)
+        if len(spans) >= self.max_spans and not (spans[-1][2] == column and spans[-1][1] >= start):
+            allowed = 0.0
+        played = min(seconds, allowed)
+        if played > 0:
+            if spans and spans[-1][2] == column and spans[-1][1] >= start:
+                spans[-1][1] = start + played
+            else:
+                spans.append([start, start + played, column])
+        return (seconds - played) * LOOK_DEG_PER_S
+
+    def stop(self, t: float) -> None:
+        """Drop look time after t (spans already started end at t)."""
+        for spans in self._spans:
+            while spans and spans[-1][0] >= t:
+                spans.pop()
+            if spans and spans[-1][1] > t:
+                spans[-1][1] = t
+
+    def sample(self, frame_edges: np.ndarray) -> np.ndarray:
+        """(n, 8) fraction of each frame interval spent playing look time; spans done by the last edge are dropped."""
+        n = len(frame_edges) - 1
+        out = np.zeros((n, len(KEY_ORDER)))
+        dt = (frame_edges[-1] - frame_edges[0]) / n
+        for spans in self._spans:
+            for start, end, column in spans:
+                overlap = np.minimum(end, frame_edges[1:]) - np.maximum(start, frame_edges[:-1])
+                out[:, column] += np.clip(overlap, 0.0, None) / dt
+            while spans and spans[0][1] <= frame_edges[-1]:
+                spans.pop(0)
+        return out
+
+    @property
+    def pending_s(self) -> float:
+        return sum(end - start for spans in self._spans for start, end, _ in spans)
+
+
+def _add_looks(keys: np.ndarray, looks: np.ndarray) -> np.ndarray:
+    """Add look fractions to key fractions per axis (net turn per frame within one full key); (n, 8)."""
+    if not looks.any():
+        return keys
+    out = keys.copy()
+    for positive, negative in LOOK_AXES:
+        turning = (looks[:, positive] > 0) | (looks[:, negative] > 0)
+        net = np.clip(keys[:, positive] - keys[:, negative] + looks[:, positive] - looks[:, negative], -1.0, 1.0)
+        out[turning, positive] = np.maximum(net, 0.0)[turning]
+        out[turning, negative] = np.maximum(-net, 0.0)[turning]
+    return out
 
 
 def _apply(presses: list[_Press | None], t: float, seq: int, column: int, down: bool) -> bool:
