@@ -34,11 +34,12 @@ Timeline rules:
   sub-frame timing of the folded edges is lost). Sampling ranges are meant
   to move forward; a range before the folded state is answered from it.
 
-Look deltas (mouse, gamepad) become look-key time: a turn of x degrees is
-the look key held for x / 32 s (2 degrees per frame at 16 fps), queued per
-axis after the look time still pending (`LookTrack`), so a sample holds
-look-key fractions like any key press and `act` models see key states. A
-look adds to the keys of its axis within a frame, clipped to one full key.
+Look deltas (mouse, gamepad) become look-key frames: a turn of x degrees
+is x / 2 frames of the look key (2 degrees per frame), queued per axis
+after the turn still pending and played from the frame the delta arrived
+in (`LookTrack`), so a sample holds look-key fractions like any key press
+and `act` models see key states. A look adds to the keys of its axis within
+a frame, clipped to one full key (a key held the same way leaves no room).
 """
 
 from __future__ import annotations
@@ -59,8 +60,7 @@ MOVE_PER_FRAME = 0.05  # world units per frame of W/A/S/D at 16 fps
 TURN_DEG_PER_FRAME = 2.0  # degrees per frame of I/J/K/L at 16 fps
 PITCH_LIMIT_DEG = 85.0
 MAX_EVENTS = 256
-LOOK_DEG_PER_S = TURN_DEG_PER_FRAME * FPS  # a held look key turns this fast; look deltas are played at this rate
-LOOK_BACKLOG_S = 1.0  # look time queued ahead per axis (32 degrees); a delta beyond it is cut and counted
+LOOK_BACKLOG_FRAMES = 32  # look-key frames queued per axis (64 degrees, 2 s of turning); more is cut and counted
 # Look axes as (column of the positive direction, column of the negative one): yaw right l / left j, pitch up i / down k.
 LOOK_AXES = ((7, 5), (4, 6))
 
@@ -108,7 +108,7 @@ class KeyTimeline:
         self._horizon = -math.inf  # end of the last sampled range
         self._press_shift = [0.0] * len(KEY_ORDER)  # delay applied to each key's last late press
         self.folded_by_cap = 0  # edges folded early because of the cap (flood counter)
-        self.looks = LookTrack(max_spans=max_events)
+        self.looks = LookTrack(max_runs=max_events)
 
     @property
     def event_count(self) -> int:
@@ -145,7 +145,7 @@ class KeyTimeline:
         """Release every key at t and drop look time not played by then (focus lost, reset, disconnect)."""
         for key in KEY_ORDER:
             self.edge(key, "up", t)
-        self.looks.stop(max(t, self._horizon))
+        self.looks.stop()
 
     def look(self, yaw_deg: float, pitch_deg: float, t: float) -> float:
         """Queue a look delta arriving at t (yaw right and pitch up positive); returns the degrees cut by the cap."""
@@ -179,7 +179,7 @@ class KeyTimeline:
             seg_start[:, None], frame_edges[None, :-1])
         overlap = np.clip(overlap, 0.0, None)
         fractions = overlap.T @ np.asarray(states, dtype=np.float64) / ((t1 - t0) / n)
-        fractions = _add_looks(np.clip(fractions, 0.0, 1.0), self.looks.sample(frame_edges))
+        fractions = _add_looks(np.clip(fractions, 0.0, 1.0), self.looks.sample(t0, t1, n))
         self._fold_until(t0)
         self._horizon = max(self._horizon, t1)
         return fractions.astype(np.float32)
@@ -213,79 +213,84 @@ class KeyTimeline:
 
 
 class LookTrack:
-    """Look deltas as spans of look-key time, per axis: played one after another at `LOOK_DEG_PER_S`.
+    """Look deltas as runs of look-key frames, per axis, played one after another at one key per frame.
 
-    A delta starts when it arrives or when the axis's earlier look time ends,
-    whichever is later. A delta against the direction still queued first
-    cancels that queued time (a mouse moved right and back nets out). The
-    queue ahead of the arrival time holds at most `LOOK_BACKLOG_S` per axis;
-    the rest of a delta is cut (`cut_deg` counts it). At most `max_spans`
-    spans wait per axis; a delta beyond them is cut too.
+    A delta of x degrees is x / 2 frames of its look key (a held key turns 2
+    degrees per frame). Runs are laid out in arrival order: each starts at
+    the frame containing its arrival time or where the previous run ends,
+    whichever is later, so a whole delta is always turned, however long the
+    sampled frames are. A delta against the direction still queued first
+    cancels that queued turn (a mouse moved right and back nets out). At most
+    `LOOK_BACKLOG_FRAMES` frames wait per axis; the rest of a delta is cut
+    (`cut_deg` counts it), and so is a delta beyond `max_runs` waiting runs.
     """
 
-    def __init__(self, *, max_spans: int = MAX_EVENTS):
-        self.max_spans = max_spans
-        self._spans: tuple[list[list], ...] = ([], [])  # per axis: [start, end, column], in time order
+    def __init__(self, *, max_runs: int = MAX_EVENTS):
+        self.max_runs = max_runs
+        self._runs: tuple[list[list], ...] = ([], [])  # per axis: [arrival time, frames left, column], in order
         self.cut_deg = 0.0
 
     def add(self, yaw_deg: float, pitch_deg: float, t: float) -> float:
         """Queue a delta arriving at t; returns the degrees cut."""
         cut = 0.0
-        for spans, (positive, negative), delta in zip(self._spans, LOOK_AXES, (yaw_deg, pitch_deg)):
+        for runs, (positive, negative), delta in zip(self._runs, LOOK_AXES, (yaw_deg, pitch_deg)):
             delta = float(delta)
             if not math.isfinite(delta) or not math.isfinite(t):
                 raise ValueError(f"look delta {delta!r} at {t!r}: expected finite numbers")
             if delta:
-                cut += self._queue(spans, positive if delta > 0 else negative, abs(delta) / LOOK_DEG_PER_S, t)
+                cut += self._queue(runs, positive if delta > 0 else negative, abs(delta) / TURN_DEG_PER_FRAME, t)
         self.cut_deg += cut
         return cut
 
-    def _queue(self, spans: list[list], column: int, seconds: float, t: float) -> float:
-        if spans and spans[-1][2] != column and spans[-1][1] > t:  # cancel queued time of the other direction
-            last = spans[-1]
-            take = min(seconds, last[1] - max(last[0], t))
-            last[1] -= take
-            seconds -= take
-            if last[1] <= last[0]:
-                spans.pop()
-        if seconds <= 0:
+    def _queue(self, runs: list[list], column: int, frames: float, t: float) -> float:
+        if runs and runs[-1][2] != column:  # cancel the queued turn the other way first
+            take = min(frames, runs[-1][1])
+            runs[-1][1] -= take
+            frames -= take
+            if runs[-1][1] <= 1e-9:
+                runs.pop()
+        if frames <= 0:
             return 0.0
-        start = max(t, spans[-1][1]) if spans else t
-        allowed = max(0.0, t + LOOK_BACKLOG_S - start)
-        if len(spans) >= self.max_spans and not (spans[-1][2] == column and spans[-1][1] >= start):
-            allowed = 0.0
-        played = min(seconds, allowed)
+        room = max(0.0, LOOK_BACKLOG_FRAMES - sum(run[1] for run in runs))
+        if len(runs) >= self.max_runs and not (runs and runs[-1][2] == column):
+            room = 0.0
+        played = min(frames, room)
         if played > 0:
-            if spans and spans[-1][2] == column and spans[-1][1] >= start:
-                spans[-1][1] = start + played
+            if runs and runs[-1][2] == column:
+                runs[-1][1] += played
             else:
-                spans.append([start, start + played, column])
-        return (seconds - played) * LOOK_DEG_PER_S
+                runs.append([t, played, column])
+        return (frames - played) * TURN_DEG_PER_FRAME
 
-    def stop(self, t: float) -> None:
-        """Drop look time after t (spans already started end at t)."""
-        for spans in self._spans:
-            while spans and spans[-1][0] >= t:
-                spans.pop()
-            if spans and spans[-1][1] > t:
-                spans[-1][1] = t
+    def stop(self) -> None:
+        """Drop every turn not played yet."""
+        for runs in self._runs:
+            runs.clear()
 
-    def sample(self, frame_edges: np.ndarray) -> np.ndarray:
-        """(n, 8) fraction of each frame interval spent playing look time; spans done by the last edge are dropped."""
-        n = len(frame_edges) - 1
+    def sample(self, t0: float, t1: float, n: int) -> np.ndarray:
+        """(n, 8) look-key fraction of each of n equal frames of [t0, t1); what is played leaves the queue."""
         out = np.zeros((n, len(KEY_ORDER)))
-        dt = (frame_edges[-1] - frame_edges[0]) / n
-        for spans in self._spans:
-            for start, end, column in spans:
-                overlap = np.minimum(end, frame_edges[1:]) - np.maximum(start, frame_edges[:-1])
-                out[:, column] += np.clip(overlap, 0.0, None) / dt
-            while spans and spans[0][1] <= frame_edges[-1]:
-                spans.pop(0)
-        return out
+        dt = (t1 - t0) / n
+        edges = np.arange(n + 1, dtype=np.float64)
+        for runs in self._runs:
+            cursor = 0.0  # in frames of this sample
+            while runs and runs[0][0] < t1 and cursor < n:
+                run = runs[0]
+                start = max(cursor, (run[0] - t0) / dt)
+                end = min(float(n), start + run[1])
+                overlap = np.minimum(end, edges[1:]) - np.maximum(start, edges[:-1])
+                out[:, run[2]] += np.clip(overlap, 0.0, None)
+                run[1] -= end - start
+                cursor = end
+                if run[1] > 1e-9:
+                    run[0] = t1  # the rest plays from the next sample on
+                    break
+                runs.pop(0)
+        return np.minimum(out, 1.0)
 
     @property
-    def pending_s(self) -> float:
-        return sum(end - start for spans in self._spans for start, end, _ in spans)
+    def pending_deg(self) -> float:
+        return sum(run[1] for runs in self._runs for run in runs) * TURN_DEG_PER_FRAME
 
 
 def _add_looks(keys: np.ndarray, looks: np.ndarray) -> np.ndarray:
