@@ -11,10 +11,14 @@ const ERROR_TEXT = {
   unauthorized: "Access denied: enter a valid access token and press Start.",
   engine_failed: "The world engine failed; the server is restarting it and your world resumes when it is back.",
   upsampler_failed: "Prompt enhancement is unavailable; your prompt is used as written.",
+  read_only: "You are watching this world; only its owner can steer it.",
+  not_resumable: "Your world could not be continued.",
+  resumed_elsewhere: "This world continued in another tab or window.",
+  not_found: "No world is running under this watch link (it may have ended).",
 };
 
 /** Errors after which the stream goes on. */
-const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized"]);
+const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized", "read_only"]);
 
 /** @returns {{text: string, level: "warn"|"error"}} */
 export function describeError(code, detail) {
