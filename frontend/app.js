@@ -271,7 +271,8 @@ function onConnectionState(event) {
         // The server said why before closing (unauthorized, busy): keep that reason on screen.
         ui.showMessage(`${lastError.text} Reconnecting in ${seconds} s.`, "error", lastError.code);
       } else {
-        const then = resume.canResume ? " and continuing your world"
+        const kept = resume.graceS ? ` (the server keeps it for ${resume.graceS} s)` : "";
+        const then = resume.canResume ? ` and continuing your world${kept}`
           : watchId ? "" : lastInit ? " and restarting your world" : "";
         ui.showMessage(
           `Lost the connection to the server: ${describeClose(event.code, event.reason)}. `

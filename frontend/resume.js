@@ -12,6 +12,7 @@ export const RESUME_TEXT = {
 export class WorldResume {
   constructor() {
     this.token = null; // resume token of the world streaming (or lost) now
+    this.graceS = null; // how long the server keeps the world after a drop (RESUME_GRACE_S)
     this.sessionId = null;
     this.frames = 0; // frames of this world received (the server counts the same way)
     this.live = false; // frames are counted for this world
@@ -23,6 +24,7 @@ export class WorldResume {
   /** A `session` or `resumed` reply: the world (and its new token) from now on. */
   onWorld(msg) {
     this.token = msg.resume_token || null;
+    this.graceS = Number.isFinite(msg.resume_grace_s) ? msg.resume_grace_s : null;
     this.sessionId = msg.session_id;
     this.frames = Number.isSafeInteger(msg.frames) ? msg.frames : 0;
     this.live = true;

@@ -26,10 +26,11 @@ log = logging.getLogger("front.joins")
 def world_reply(conn, session, kind: str) -> dict:
     """The `session` (or `resumed`) reply: the world's settings, a fresh resume token and its watch id."""
     p = session.params
+    watchable = conn.settings.max_viewers_per_session > 0
     return {"type": kind, "session_id": session.id, "prompt": session.prompt, "width": p.width,
             "height": p.height, "fps": 16, "engine": p.engine, "seed": p.seed,
             "resume_token": conn.hub.resume.issue(session, conn.auth_token),
-            "resume_grace_s": conn.settings.resume_grace_s, "watch_id": session.watch_id}
+            "resume_grace_s": conn.settings.resume_grace_s, "watch_id": session.watch_id if watchable else None}
 
 
 def watching_reply(session) -> dict:
@@ -74,7 +75,7 @@ def watch(conn, msg) -> None:
         conn.close(1000, "no such world")
         return
     cap = conn.settings.max_viewers_per_session
-    if session.viewers >= cap:
+    if session.viewers >= cap:  # cap 0: watch links are off
         conn.error("busy", f"this world already has {session.viewers} viewers (MAX_VIEWERS_PER_SESSION={cap})")
         conn.close(1013, "too many viewers")
         return

@@ -203,6 +203,7 @@ class Session:
         """
         skip = min(max(0, frames_received - self._backlog_first), len(self._backlog))
         self.policy.replay(self._backlog[skip:])
+        self.policy.next_due = None  # the owner has waited long enough: its first frame goes out now
         next_index = self._backlog_first + skip
         self._backlog = []
         self.detached_at = None

@@ -360,7 +360,8 @@ class Connection:
         session.unsubscribe(self)
         first, frames = self.channel.undelivered()
         if not (keep and self.hub.keep(session, first, frames)):
-            self.hub.close_session(session, "ended" if not keep else "not_kept")
+            reason = "ended" if not keep else "not_kept" if session.is_open else "engine_restarted"
+            self.hub.close_session(session, reason)
 
     def close(self, code: int, reason: str) -> None:
         """Close after the messages already queued (the client reads why first); the world is freed now."""
