@@ -201,15 +201,24 @@ def test_bad_resume_messages_are_refused_clearly(srv):
         assert errors and errors[0]["code"] == "bad_field" and "without a world" in errors[0]["message"]
 
 
-def test_tokens_are_bound_to_the_access_token_and_an_engine_restart_ends_kept_worlds(server_factory):
-    """With AUTH_TOKEN a resume needs the access token; a world kept across an engine restart is refused as restarted."""
+def test_kept_worlds_hold_their_place_need_the_access_token_and_end_with_the_engine(server_factory):
+    """A kept world holds its admission place; a resume needs the access token; an engine restart ends kept worlds."""
     auth = "resume-test-token"
-    server = server_factory(AUTH_TOKEN=auth, RESUME_GRACE_S="60")
+    server = server_factory(AUTH_TOKEN=auth, RESUME_GRACE_S="60", MAX_SESSIONS="1", ADMISSION="reject")
+    init = json.dumps({"type": "init", "prompt": PROMPT, "seed": SEED, "token": auth})
     ws = connect(server)
-    ws.send(json.dumps({"type": "init", "prompt": PROMPT, "seed": SEED, "token": auth}))
+    ws.send(init)
     reply = receive(ws, 20.0, until_type="session").of_type("session")[0]
     receive(ws, 1.0)
     ws.close_socket()
+    other = connect(server)
+    other.send(init)
+    refused = Received()
+    try:
+        receive(other, 10.0, into=refused)
+    except ConnectionClosed:
+        pass
+    assert [e["code"] for e in refused.of_type("error")] == ["busy"], "the kept world did not hold its place"
     ws2, got, _ = resume(server, reply["resume_token"], 0)
     assert [e["code"] for e in got.of_type("error")] == ["unauthorized"]
     ws2.close()
@@ -223,3 +232,5 @@ def test_tokens_are_bound_to_the_access_token_and_an_engine_restart_ends_kept_wo
     with ws2:
         [error] = got.of_type("error")
         assert error["code"] == "not_resumable" and error["reason"] == "engine_restarted"
+        ws2.send(init)  # the place the kept world held is free again
+        assert receive(ws2, 20.0, until_type="session").of_type("session")
