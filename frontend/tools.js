@@ -55,11 +55,10 @@ export class StageTools {
     if (!recordingSupported()) $("record").title = "Recording is not supported by this browser";
   }
 
-  /** A world is on screen (or not): the buttons follow. */
+  /** A world is on screen (or not): the buttons follow. A recording goes on through a reconnect. */
   setWorld(running, canShare) {
-    $("record").disabled = !running || !recordingSupported();
+    $("record").disabled = !this.recorder.recording && (!running || !recordingSupported());
     $("share").disabled = !running || !canShare;
-    if (!running && this.recorder.recording) this.toggleRecording();
     if (!canShare) this.showShare(false);
   }
 

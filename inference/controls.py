@@ -213,16 +213,14 @@ class KeyTimeline:
 
 
 class LookTrack:
-    """Look deltas as runs of look-key frames, per axis, played one after another at one key per frame.
+    """Look deltas as runs of look-key frames per axis (x degrees = x / 2 frames), played at one key per frame.
 
-    A delta of x degrees is x / 2 frames of its look key (a held key turns 2
-    degrees per frame). Runs are laid out in arrival order: each starts at
-    the frame containing its arrival time or where the previous run ends,
-    whichever is later, so a whole delta is always turned, however long the
-    sampled frames are. A delta against the direction still queued first
-    cancels that queued turn (a mouse moved right and back nets out). At most
-    `LOOK_BACKLOG_FRAMES` frames wait per axis; the rest of a delta is cut
-    (`cut_deg` counts it), and so is a delta beyond `max_runs` waiting runs.
+    A run starts at the frame containing its arrival or where the previous
+    run ends, whichever is later, so a delta is turned whole however long
+    the sampled frames are. A delta against the queued direction cancels
+    queued turn first (right then back nets out). At most
+    `LOOK_BACKLOG_FRAMES` wait per axis and `max_runs` runs; the rest of a
+    delta is cut (`cut_deg` counts it).
     """
 
     def __init__(self, *, max_runs: int = MAX_EVENTS):
