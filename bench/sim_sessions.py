@@ -11,7 +11,8 @@ session walks and turns along its own path. Prints frames per second per
 configuration and the workers / in-process ratio measured in this run; wall
 times on a shared CPU are noisy, so the modes alternate in short rounds. The
 CPU milliseconds per frame count this process and the render workers: on idle
-cores the capacity is about cores * 1000 / that. Last, the main-thread CPU time
+cores the capacity is about cores * 1000 / that. load1 is the 1-minute load
+average when the row was printed: other work on the machine lowers the fps. Last, the main-thread CPU time
 of each step() of an open_task for a new seed (the engine loop's worst case).
 """
 
@@ -124,7 +125,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers())
     args = ap.parse_args()
     print(f"{default_workers()} CPUs, {args.workers} render workers, 832x480, {CHUNK}-frame chunks")
-    print(" N  calls        in-process fps (cpu ms/frame)  workers fps (cpu ms/frame)  ratio  per-session fps")
+    print(" N  calls        in-process fps (cpu ms/frame)  workers fps (cpu ms/frame)  ratio  per-session fps"
+          "  load1")
     for n in (int(x) for x in args.sessions.split(",")):
         runs = {"local": Run(0, n), "pool": Run(args.workers, n)}
         try:
@@ -132,7 +134,7 @@ def main() -> None:
                 m = measure(runs, batched, args.seconds)
                 (lf, lc), (pf, pc) = m["local"], m["pool"]
                 print(f"{n:2d}  {'batched' if batched else 'one-by-one':11}  {lf:14.1f} ({lc:5.1f})"
-                      f"{pf:20.1f} ({pc:5.1f})  {pf / lf:10.2f}  {pf / n:8.1f}")
+                      f"{pf:20.1f} ({pc:5.1f})  {pf / lf:10.2f}  {pf / n:8.1f}  {os.getloadavg()[0]:15.2f}")
         finally:
             for run in runs.values():
                 run.close()

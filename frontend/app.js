@@ -129,7 +129,12 @@ function onText(msg) {
       if (msg.state === "generating") clearMessageIf(["engine_failed"], true);
       if (msg.state === "stalled") ui.showMessage("The engine has fallen behind; the picture will resume.", "warn");
       if (msg.state === "paused") ui.showMessage("The world's owner is reconnecting; the picture is paused.", "info");
-      if (msg.state === "ended") endWatching(msg.message || "The world you were watching has ended.");
+      if (msg.state === "ending") ui.showMessage(msg.message || `This world ends in ${Math.round(msg.seconds_left)} s.`, "warn");
+      if (msg.state === "ended" && watching) {
+        // with a message the world itself is gone; without one it reached its length limit and its owner may reset it
+        if (msg.message) endWatching(msg.message);
+        else ui.showMessage("This world reached its length limit; it goes on if its owner resets it.", "info");
+      }
       break;
     }
     case "error":

@@ -15,10 +15,11 @@ const ERROR_TEXT = {
   not_resumable: "Your world could not be continued.",
   resumed_elsewhere: "This world continued in another tab or window.",
   not_found: "No world is running under this watch link (it may have ended).",
+  session_limit: "This world reached the model's length limit; press Reset (or Start) to walk on from a new start.",
 };
 
 /** Errors after which the stream goes on. */
-const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized", "read_only"]);
+const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized", "read_only", "session_limit"]);
 
 /** @returns {{text: string, level: "warn"|"error"}} */
 export function describeError(code, detail) {

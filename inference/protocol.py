@@ -165,6 +165,9 @@ class ChunkReady(msgspec.Struct, tag=True, kw_only=True):
     # Extra playback lead the engine asks for: request chunks this many seconds earlier, so that a
     # waiting engine task (open, prompt, test frame) finds a gap between chunks (0: none waiting).
     lead_s: float = 0.0
+    # Video frames this session can still generate before its length limit (global attention:
+    # the end of the RoPE table); None when it streams without end. Seconds left = frames_left / fps.
+    frames_left: int | None = None
 
 
 class PromptChanged(msgspec.Struct, tag=True, kw_only=True):

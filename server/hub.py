@@ -220,6 +220,8 @@ class SessionHub:
             s.on_opened(msg.signature, msg.prompt)
         elif isinstance(msg, P.PromptChanged):
             s.on_prompt_changed(msg)
+        elif isinstance(msg, P.EngineError) and msg.code == "session_limit" and s.is_open:
+            s.on_limit(msg.message)  # the world stays; the client may reset it
         elif isinstance(msg, P.EngineError) and not s.on_open_failed(msg.code, msg.message):
             # A re-open after an engine restart failed, or the engine dropped a chunk of this world (e.g. out of
             # positions): the world cannot go on. The client is told and may start another.

@@ -82,7 +82,7 @@ class PlaybackPolicy:
         self.chunk_frames = chunk_frames
         self.timeline = KeyTimeline()
         self.rig = CameraRig()
-        self.state = "starting"  # starting | generating | stalled
+        self.state = "starting"  # starting | generating | stalled | ended (the world reached its length limit)
         self.seq = 0  # id of the next request
         self.rtt_ema_s = RTT_GUESS_S
         self.rtts: deque[float] = deque(maxlen=RTT_MEDIAN_OF)
@@ -126,6 +126,7 @@ class PlaybackPolicy:
         self._targets: deque[tuple[int, float]] = deque()  # (frame number, arrival) awaiting display
         self._paths: deque[dict] = deque()  # paths of requested chunks whose first frame is not shown yet
         self._empty_since: float | None = now  # when the buffer last ran dry
+        self.frames_left: int | None = None  # video frames the engine can still make (None: no limit)
 
     def start(self, now: float) -> None:
         """The world is open: chunks may be requested from now on."""
@@ -158,7 +159,7 @@ class PlaybackPolicy:
 
     def request(self, now: float) -> ChunkRequest | None:
         """The next chunk request when it is time for one (None otherwise)."""
-        if not self.streaming or self.in_flight is not None:
+        if not self.streaming or self.in_flight is not None or self.frames_left == 0:
             return None
         remaining = self.remaining_s(now)
         if self.chunk_index > 0 and remaining > self.lead_s():
@@ -206,8 +207,12 @@ class PlaybackPolicy:
 
     # -- engine replies -----------------------------------------------------
 
-    def on_chunk(self, seq: int, frames: list[bytes], now: float, extra_lead_s: float = 0.0) -> bool:
-        """Buffer a generated chunk; False (ignored) when it answers a request from before a restart."""
+    def on_chunk(self, seq: int, frames: list[bytes], now: float, extra_lead_s: float = 0.0,
+                 frames_left: int | None = None) -> bool:
+        """Buffer a generated chunk; False (ignored) when it answers a request from before a restart.
+
+        `frames_left`: video frames the engine can still generate for this world (None: it has no limit).
+        """
         req = self.in_flight
         if req is None or seq != req.seq:
             return False
@@ -220,6 +225,7 @@ class PlaybackPolicy:
         for i, frame in enumerate(frames):
             self.buffer.append((req.first_frame + i, frame))
         self.extra_lead_s = min(MAX_EXTRA_LEAD_S, max(0.0, extra_lead_s))
+        self.frames_left = frames_left
         # Slow evenly: never play faster than one chunk per typical round trip.
         self.interval_s = max(FRAME_S, SLOW_HEADROOM * statistics.median(self.rtts) / max(1, len(frames)))
         return True
@@ -263,12 +269,30 @@ class PlaybackPolicy:
         if self.buffer:
             restart = self.next_due is None or self.next_due < now - self.interval_s / 2
             times.append(now if restart else self.next_due)
-        if requesting and self.streaming and self.in_flight is None:  # the buffer reaches the lead at a known time
+        if requesting and self.streaming and self.in_flight is None and self.frames_left != 0:  # the buffer reaches the lead at a known time
             times.append(now + max(0.0, self.remaining_s(now) - self.lead_s()))
         return min(times) if times else None
 
+    def reached_limit(self) -> None:
+        """The engine refused a chunk for the world's length: request nothing more until a restart."""
+        self.frames_left = 0
+        self.in_flight = None
+
+    def seconds_left(self, now: float) -> float | None:
+        """Seconds of video this world can still show (the buffer plus what the engine can make); None: endless."""
+        if self.frames_left is None:
+            return None
+        return self.remaining_s(now) + self.frames_left * FRAME_S
+
     def update_state(self, now: float, played: bool) -> str | None:
-        """Move between generating and stalled after a pacer tick; returns the new state when it changed."""
+        """Move between generating, stalled and ended after a pacer tick; returns the new state when it changed."""
+        if (not played and self.frames_left == 0 and not self.buffer and self.in_flight is None
+                and self.state != "ended"):
+            if self.stalled_at is not None:
+                self.stalled_total_s += max(0.0, now - self.stalled_at)
+                self.stalled_at = None
+            self.state = "ended"  # not a stall: nothing more will come until a reset
+            return self.state
         if played:
             if self.state == "generating":
                 return None

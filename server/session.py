@@ -38,6 +38,7 @@ log = logging.getLogger("front.session")
 LATENCY_KEEP = 256
 IDLE_POLL_S = 0.05  # pacer wake-up while there is nothing to show (stall detection)
 RETRY_S = 0.25  # wait before asking again when a chunk request could not be sent
+ENDING_WARN_S = 30.0  # a world with a length limit warns its client this long before the end
 
 
 @dataclass(kw_only=True)
@@ -108,6 +109,9 @@ class Session:
         self.last_timings: P.ChunkTimings | None = None
         self._stalls_counted_s = 0.0
         self._retry_at = 0.0
+        self._ending_told = False  # the "ending" warning went out for this stream
+        self._limit_told = False  # the session_limit error went out for this stream
+        self._limit_message = ""
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._pace(), name=f"pacer-{self.id}")
@@ -252,7 +256,10 @@ class Session:
 
     def reset(self) -> None:
         self.send_engine(P.ResetSession(session_id=self.id))
+        self._ending_told = self._limit_told = False
         self.policy.restart(self.clock())
+        if self.policy.state == "ended":
+            self.policy.state = "starting"
         self._wake.set()
 
     # -- engine events -----------------------------------------------------
@@ -276,8 +283,15 @@ class Session:
 
     def on_chunk(self, msg: P.ChunkReady, jpegs: list[bytes]) -> None:
         late_before = self.policy.late_chunks
-        if not self.policy.on_chunk(msg.chunk_index, jpegs, self.clock(), msg.lead_s):
+        now = self.clock()
+        if not self.policy.on_chunk(msg.chunk_index, jpegs, now, msg.lead_s, msg.frames_left):
             return  # a chunk from before a reset or restart
+        left = self.policy.seconds_left(now)
+        if left is not None and left <= ENDING_WARN_S and not self._ending_told:
+            self._ending_told = True
+            self.emit({"type": "status", "state": "ending", "session_id": self.id, "seconds_left": round(left, 1),
+                       "message": f"this world ends in {left:.0f} s (the model's length limit); "
+                                  "reset or start a new world to go on"})
         if self.policy.late_chunks > late_before:
             self.metrics.late_chunks.inc()
         self.last_timings = msg.timings
@@ -294,6 +308,20 @@ class Session:
         else:
             self.prompt = self.params.prompt = msg.prompt
         self._push_prompt()
+
+    def on_limit(self, message: str) -> None:
+        """The engine refused a chunk: the world is at its length limit (it stays; a reset starts it again)."""
+        self.policy.reached_limit()
+        self._limit_message = message
+        self._wake.set()
+
+    def _tell_limit(self) -> None:
+        if self._limit_told:
+            return
+        self._limit_told = True
+        self.emit({"type": "error", "code": "session_limit",
+                   "message": self._limit_message or "this world reached the model's length limit; "
+                                                     "send reset (or a new init) to go on"})
 
     def on_engine_down(self, reason: str) -> None:
         self.is_open = False
@@ -346,6 +374,8 @@ class Session:
                 self._count_ended_stalls()
             if change is not None:
                 self.emit({"type": "status", "state": change, "session_id": self.id})
+            if change == "ended":
+                self._tell_limit()
             if frame is not None:
                 self._show(frame, now)
                 continue

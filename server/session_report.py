@@ -15,6 +15,7 @@ def session_stats(session) -> dict:
             "buffered": len(pol.buffer), "target_fps": round(1.0 / pol.interval_s, 2),
             "engine_keeping_up": pol.keeping_up, "state": pol.state, "late_chunks": pol.late_chunks,
             "stalled_s": round(pol.stalled_s(now), 2), "lead_ms": round(pol.lead_s() * 1000, 1),
+            "seconds_left": None if (left := pol.seconds_left(now)) is None else round(left, 1),
             "viewers": session.viewers, **_frame_costs(session)}
 
 

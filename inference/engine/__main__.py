@@ -35,8 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model-dir", default="", help="lingbot-fast: checkpoint folder")
     ap.add_argument("--jpeg-quality", type=int, default=85)
     ap.add_argument("--kv-window", type=int, default=None,
-                    help="lingbot-fast: latent frames the KV cache keeps (default: the checkpoint's, else 12)")
+                    help="lingbot-fast: latent frames the KV cache keeps (default: the checkpoint's, else 12); "
+                         "-1 keeps every frame (global attention), which ends sessions at the RoPE table's end")
     ap.add_argument("--kv-sink", type=int, default=None, help="lingbot-fast: first latent frames never evicted")
+    ap.add_argument("--rope-frames", type=int, default=None,
+                    help="lingbot-fast: latent frame positions of the RoPE table (default 1024, the reference's); "
+                         "window sessions re-anchor there, global ones end there")
     ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
                     help="lingbot-fast: weights/activations dtype (default: bfloat16 on GPU, float32 on CPU)")
     ap.add_argument("--weights", choices=["bf16", "fp8"], default="bf16",
@@ -80,7 +84,8 @@ def build_engine(args: argparse.Namespace, ctx):
             raise ValueError("--weights fp8 with --dit-fsdp: fp8 DiT weights are not sharded; drop one of them")
         if args.t5_device == "cpu" and args.t5_fsdp:
             raise ValueError("--t5-device cpu with --t5-fsdp: a text encoder on the CPU cannot be sharded over GPUs")
-        options = {"window": args.kv_window, "sink": args.kv_sink, "dtype": args.dtype, "weights": args.weights,
+        options = {"window": args.kv_window, "sink": args.kv_sink, "rope_frames": args.rope_frames,
+                   "dtype": args.dtype, "weights": args.weights,
                    "t5_device": args.t5_device, "memory_limit_gb": args.memory_limit_gb,
                    "max_batch": args.max_batch}
     if ctx is not None and ctx.distributed and args.engine == "lingbot-fast":

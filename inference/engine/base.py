@@ -61,6 +61,8 @@ class ChunkOutput:
     decode_ms: float = 0.0
     jpegs: list[bytes] | None = None
     """The frames already JPEG-encoded (an engine that encodes in its own workers); the loop then skips encoding."""
+    frames_left: int | None = None
+    """Video frames the session can still generate before its length limit; None when it has no limit."""
 
 
 @dataclass(kw_only=True)
@@ -77,6 +79,7 @@ class EngineInfo:
     fps: int = FPS
     world_size: int = 1
     max_latent_frames: int | None = None
+    """Latent frames a session may reach before it must reset (None: sessions stream without end)."""
     extra: dict = field(default_factory=dict)
 
 

@@ -3,10 +3,16 @@
 The step loop never touches the front's socket. Inbound messages land in a
 bounded queue the loop drains; outbound messages go through an inproc PUSH
 socket owned by the loop's thread, so every socket has exactly one owner.
+
+The engine is useless without this thread, so its failure ends the process
+(the front sees the exit and restarts the engine), and an orphaned engine
+whose main thread is stuck (a long barrier, a hung collective) is ended after
+a grace period instead of lingering.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -21,12 +27,15 @@ from inference import protocol as P
 log = logging.getLogger("engine.link")
 
 INBOUND_LIMIT = 4096  # front sends at most one pending step per session plus a few control messages
+ORPHAN_GRACE_S = 10.0  # an orphan's clean shutdown may take this long before the process is ended
+EXIT_LINK_FAILED = 70  # exit status when the I/O thread fails (os.EX_SOFTWARE)
 
 
 class FrontLink:
     """Connects to the front's PAIR socket and shuttles messages on a daemon thread."""
 
-    def __init__(self, endpoint: str, *, heartbeat_s: float = 0.5, status=None, front_pid: int = 0):
+    def __init__(self, endpoint: str, *, heartbeat_s: float = 0.5, status=None, front_pid: int = 0,
+                 orphan_grace_s: float = ORPHAN_GRACE_S):
         self.endpoint = endpoint
         self.front_pid = front_pid  # 0: watch only the direct parent
         self.heartbeat_s = heartbeat_s
@@ -42,6 +51,9 @@ class FrontLink:
         self._push.connect(self._out_addr)
         self._parent = os.getppid()
         self._orphan = False
+        self.orphan_grace_s = orphan_grace_s
+        self._status_failed = False
+        self._last_status: P.Heartbeat | None = None
         self._thread = threading.Thread(target=self._run, name="front-link", daemon=True)
 
     def start(self) -> None:
@@ -52,12 +64,24 @@ class FrontLink:
         self._push.send_multipart([P.encode(msg), *payloads], copy=False)
 
     def close(self, linger_s: float = 2.0) -> None:
-        """Flush what was sent and stop the I/O thread."""
-        self._push.send_multipart([b"__close__"])
-        self._thread.join(timeout=linger_s + 1.0)
+        """Flush what was sent and stop the I/O thread (never blocks on a thread that is gone)."""
+        if self._thread.is_alive():
+            try:
+                self._push.send_multipart([b"__close__"], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("front link backed up at close; not flushing")
+            self._thread.join(timeout=linger_s + 1.0)
         self._push.close(linger=0)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # noqa: BLE001 - nothing can reach the front any more: end the engine loudly
+            log.critical("front link failed; the engine exits so the front restarts it", exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_LINK_FAILED)
+
+    def _serve(self) -> None:
         sock = self._ctx.socket(zmq.PAIR)
         sock.setsockopt(zmq.LINGER, 2000)
         sock.connect(self.endpoint)
@@ -73,7 +97,7 @@ class FrontLink:
                     next_beat = now + self.heartbeat_s
                     if not self._orphan and self._orphaned():  # the front (or torchrun) died: do not linger
                         self._orphan = True
-                        self.inbound.put(P.Shutdown())
+                        self._leave_orphaned()
                 events = dict(poller.poll(timeout=max(1, int((next_beat - now) * 1000))))
                 if self._pull in events:
                     parts = self._pull.recv_multipart(copy=False)
@@ -102,6 +126,20 @@ class FrontLink:
                 pass
         return False
 
+    def _leave_orphaned(self) -> None:
+        """Ask the loop to shut down; end the process if it has not within the grace period."""
+        with contextlib.suppress(queue.Full):
+            self.inbound.put_nowait(P.Shutdown())
+
+        def end() -> None:
+            log.error("engine still running %.0f s after its front left; ending it", self.orphan_grace_s)
+            logging.shutdown()
+            os._exit(1)
+
+        timer = threading.Timer(self.orphan_grace_s, end)
+        timer.daemon = True
+        timer.start()
+
     def _receive(self, parts: list[bytes]) -> None:
         try:
             msg = P.decode_to_engine(parts[0])
@@ -114,5 +152,15 @@ class FrontLink:
             log.error("inbound queue full (%d); dropping %s", INBOUND_LIMIT, type(msg).__name__)
 
     def _heartbeat(self, now: float) -> P.Heartbeat:
-        extra = self.status()
-        return P.Heartbeat(sent_at=now, busy_since=self.busy_since, **extra)
+        """A heartbeat with the loop's status fields; a failing status is logged once."""
+        try:
+            beat = P.Heartbeat(sent_at=now, busy_since=self.busy_since, **self.status())
+            self._last_status = beat
+            return beat
+        except Exception:  # noqa: BLE001 - a bug in a status field must not silence the heartbeat
+            if not self._status_failed:
+                self._status_failed = True
+                log.exception("heartbeat status failed; repeating the last good status")
+            last = self._last_status
+            return P.Heartbeat(sent_at=now, busy_since=self.busy_since,
+                               sessions=last.sessions if last else 0, queued_steps=last.queued_steps if last else 0)

@@ -376,4 +376,5 @@ class EngineLoop:
         timings = P.ChunkTimings(total_ms=total_ms, model_ms=out.model_ms, decode_ms=out.decode_ms,
                                  jpeg_ms=jpeg_ms, batch_size=batch_size, queue_ms=(start - step.arrived_at) * 1000)
         self.link.send(P.ChunkReady(session_id=step.request.session_id, chunk_index=step.request.chunk_index,
-                                    num_frames=len(jpegs), timings=timings, lead_s=self.lead_s), *jpegs)
+                                    num_frames=len(jpegs), timings=timings, lead_s=self.lead_s,
+                                    frames_left=out.frames_left), *jpegs)

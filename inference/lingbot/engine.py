@@ -1,4 +1,11 @@
-"""The `lingbot-fast` WorldEngine: LingBot-World-Fast sessions streamed chunk by chunk in KV-window mode."""
+"""The `lingbot-fast` WorldEngine: LingBot-World-Fast sessions streamed chunk by chunk (KV window, or global).
+
+Window mode (the default) streams without end: the KV cache re-anchors RoPE
+positions when a session reaches the end of the table (kv_cache.py). Global
+mode (`window=-1`, every frame attended) ends a session honestly at the table's
+last position: each chunk reports the frames left, and the chunk past the end
+is refused with `session_limit`.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.engine.base import (ChunkOutput, ChunkWork, EngineInfo, EngineUserError, SessionSpec, WorldEngine,
-                                   parse_size)
+from inference.engine.base import (FPS, ChunkOutput, ChunkWork, EngineInfo, EngineUserError, SessionSpec,
+                                   WorldEngine, parse_size)
 from inference.lingbot.admission import GIB, MemoryGate, measure, module_bytes
 from inference.lingbot.layout import LingbotModels, SizePolicy, load_models, read_size_policy
 from inference.lingbot.pipeline import ChunkPipeline, ChunkRequest
 from inference.lingbot.session import SessionStream, start_frame
 from inference.lingbot.slots import SlotPool
 from inference.models.attention import backend_report
-from inference.models.config import ROPE_POSITIONS
 from inference.models.fp8 import is_fp8
 from inference.models.vae import SPACE_STRIDE, StreamingDecoder
 from inference.tools.memory_plan import Deployment, MemoryPlan, ModelShapes
@@ -29,6 +35,7 @@ ENGINE_NAME = "lingbot-fast"
 CHUNK_LATENTS = 3
 DEFAULT_WINDOW = 12  # latent frames attended: 3 sink + 6 past + the chunk itself
 DEFAULT_SINK = 3  # the first chunk (start image) stays in view forever
+GLOBAL_WINDOW = -1  # window value of global attention: every frame of the session stays in the cache
 SCRATCH_ID = "__lingbot_scratch__"
 
 
@@ -56,17 +63,26 @@ class LingbotFastEngine(WorldEngine):
     """LingBot-World-Fast behind the chunk interface; sessions of one signature share one batched DiT call."""
 
     def __init__(self, models: LingbotModels, *, model_name: str, window: int | None = None,
-                 sink: int | None = None, decode: bool = True, admit: bool = True, max_batch: int = 8,
-                 memory_limit_gb: float | None = None, rank: int = 0,
+                 sink: int | None = None, rope_frames: int | None = None, decode: bool = True, admit: bool = True,
+                 max_batch: int = 8, memory_limit_gb: float | None = None, rank: int = 0,
                  agree: Callable[[str | None], list[str | None]] | None = None):
         config = models.dit.config
         if window is None:
             window = config.local_attn_size if config.local_attn_size != -1 else DEFAULT_WINDOW
         if sink is None:
             sink = config.sink_size if config.local_attn_size != -1 else DEFAULT_SINK
-        if sink < 0 or window < sink + CHUNK_LATENTS:
+        if rope_frames is not None:
+            models.dit.set_rope_frames(rope_frames)  # before any cache: pools copy it
+        rope_frames = models.dit.rope_frames
+        if window == GLOBAL_WINDOW:
+            sink = 0  # nothing is ever evicted
+        elif sink < 0 or window < sink + CHUNK_LATENTS:
             raise ValueError(f"window {window} / sink {sink}: streaming needs a KV window (in latent frames) of at "
-                             f"least sink + {CHUNK_LATENTS}, and sink >= 0")
+                             f"least sink + {CHUNK_LATENTS}, and sink >= 0 (or window {GLOBAL_WINDOW}: global)")
+        elif window > rope_frames:
+            raise ValueError(f"window {window} latent frames is longer than the RoPE table ({rope_frames} frames)")
+        self.rope_frames = rope_frames
+        self.max_latent_frames = rope_frames if window == GLOBAL_WINDOW else None  # None: sessions never end
         self.models = models
         self.model_name = model_name
         self.window, self.sink = window, sink
@@ -87,7 +103,7 @@ class LingbotFastEngine(WorldEngine):
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str | torch.device | None = None,
                        dtype: torch.dtype | str | None = None, window: int | None = None, sink: int | None = None,
-                       sizes: list[str] | None = None, progress: bool | None = None,
+                       rope_frames: int | None = None, sizes: list[str] | None = None, progress: bool | None = None,
                        prepare: Callable[[LingbotModels], None] | None = None,
                        decode: bool = True, weights: str = "bf16", t5_device: str | None = None,
                        **options) -> "LingbotFastEngine":
@@ -109,22 +125,23 @@ class LingbotFastEngine(WorldEngine):
             policy = read_size_policy(Path(model_dir))
             models.sizes = SizePolicy(sizes=list(sizes), default_size=policy.default_size
                                       if policy.default_size in sizes else sizes[0])
-        return cls(models, model_name=Path(model_dir).resolve().name, window=window, sink=sink, decode=decode,
-                   **options)
+        return cls(models, model_name=Path(model_dir).resolve().name, window=window, sink=sink,
+                   rope_frames=rope_frames, decode=decode, **options)
 
     # -- interface ---------------------------------------------------------
 
     def info(self) -> EngineInfo:
         c = self.models.dit.config
         summary = (f"{self.model_name}: DiT dim {c.dim} x {c.num_layers} layers, {c.control_type}, "
-                   f"window {self.window}/sink {self.sink} latent frames, {str(self.dtype).removeprefix('torch.')}"
+                   f"{self.attention_summary()}, {str(self.dtype).removeprefix('torch.')}"
                    f"{', fp8 DiT weights' if self.memory.plan.d.weights == 'fp8' else ''}")
         return EngineInfo(name=ENGINE_NAME, model=summary, device=str(self.device), sizes=list(self.models.sizes.sizes),
                           default_size=self.models.sizes.default_size,
                           first_chunk_frames=StreamingDecoder.video_frames_for(CHUNK_LATENTS, first_chunk=True),
                           chunk_frames=StreamingDecoder.video_frames_for(CHUNK_LATENTS, first_chunk=False),
-                          max_latent_frames=ROPE_POSITIONS,
-                          extra={"window": self.window, "sink": self.sink, "control_type": c.control_type,
+                          max_latent_frames=self.max_latent_frames,
+                          extra={"window": self.window, "sink": self.sink, "rope_frames": self.rope_frames,
+                                 "control_type": c.control_type,
                                  "chunk_latents": CHUNK_LATENTS, "steps": self.pipeline.sampler.num_steps,
                                  "attention": self.attention})
 
@@ -135,8 +152,10 @@ class LingbotFastEngine(WorldEngine):
 
     def signature(self, width: int, height: int) -> str:
         c = self.models.dit.config
+        attention = (f"global{self.rope_frames}" if self.window == GLOBAL_WINDOW
+                     else f"window{self.window}/sink{self.sink}")
         return (f"{ENGINE_NAME}|{width}*{height}|latents{CHUNK_LATENTS}|steps{self.pipeline.sampler.num_steps}"
-                f"|{c.control_type}|window{self.window}/sink{self.sink}")
+                f"|{c.control_type}|{attention}")
 
     def open_session(self, spec: SessionSpec) -> str:
         width, height = parse_size(f"{spec.width}*{spec.height}", self.models.sizes.sizes)
@@ -177,8 +196,8 @@ class LingbotFastEngine(WorldEngine):
         requests = [ChunkRequest(session=s, poses=w.poses, keys=w.keys) for w, s in zip(works, sessions)]
         results = self.pipeline.run(self.pools[sigs.pop()].cache, requests)
         # VAE time = condition encode + decode (ChunkOutput has one field for both)
-        return [ChunkOutput(frames=r.frames, model_ms=r.dit_ms, decode_ms=r.condition_ms + r.decode_ms)
-                for r in results]
+        return [ChunkOutput(frames=r.frames, model_ms=r.dit_ms, decode_ms=r.condition_ms + r.decode_ms,
+                            frames_left=self.frames_left(s)) for r, s in zip(results, sessions)]
 
     def set_prompt(self, session_id: str, prompt: str) -> None:
         """Swap the cross-attention K/V of the session's slot; its KV window and position are kept."""
@@ -253,12 +272,12 @@ class LingbotFastEngine(WorldEngine):
             gpu_mem_gib=measure(self.device).total / GIB, ulysses=heads // m.dit.sequence.local_heads(heads),
             dit_fsdp=bool(meshes), t5_fsdp=t5_sharded, t5_device="cuda" if t5_here else "cpu",
             weights="fp8" if is_fp8(m.dit) else "bf16", dtype=str(self.dtype).removeprefix("torch."),
-            vae_dtype=vae_dtype, window=self.window, sink=self.sink, max_batch=max_batch)
+            vae_dtype=vae_dtype, window=self.rope_frames if self.window == GLOBAL_WINDOW else self.window,
+            sink=self.sink, max_batch=max_batch)  # a global cache holds the whole table
         plan = MemoryPlan(deployment, ModelShapes(dit=m.dit.config, t5=m.text.model.config, vae=m.vae.config))
         weights = sum(module_bytes(part, self.device) for part in (m.dit, m.vae, m.text.model))
         return MemoryGate(plan, self.device, weights_bytes=weights, rank=rank, limit_bytes=limit, enabled=admit,
                           agree=agree)
-
 
     def tokens_per_frame(self, width: int, height: int) -> int:
         _, ph, pw = self.models.dit.config.patch_size
@@ -278,13 +297,28 @@ class LingbotFastEngine(WorldEngine):
             raise EngineUserError("not_initialized", f"session {session_id!r} is not open on this engine")
         return session
 
+    def attention_summary(self) -> str:
+        if self.window == GLOBAL_WINDOW:
+            return f"global attention up to {self.rope_frames} latent frames"
+        return f"window {self.window}/sink {self.sink} latent frames"
+
+    def frames_left(self, session: SessionStream) -> int | None:
+        """Video frames the session can still generate before its length limit (None: it has none)."""
+        if self.max_latent_frames is None:
+            return None
+        chunks = (self.max_latent_frames - session.latent_frames) // CHUNK_LATENTS
+        return max(chunks, 0) * StreamingDecoder.video_frames_for(CHUNK_LATENTS, first_chunk=False)
+
     def _check_chunk(self, work: ChunkWork, session: SessionStream) -> None:
-        """Refuse a chunk past the RoPE table or with the wrong number of poses, before any state moves."""
-        if session.latent_frames + CHUNK_LATENTS > ROPE_POSITIONS:
+        """Refuse a chunk past a global-mode session's end or with the wrong number of poses, before any state moves."""
+        limit = self.max_latent_frames
+        if limit is not None and session.latent_frames + CHUNK_LATENTS > limit:
+            video_frames = StreamingDecoder.video_frames_for(session.latent_frames, first_chunk=True)
             raise EngineUserError(
-                "engine_failed", f"session {work.session_id!r} reached its maximum length of {ROPE_POSITIONS} "
-                f"latent frames (about {4 * ROPE_POSITIONS // 16 // 60} min of video); reset it to continue",
-                session_id=work.session_id)
+                "session_limit", f"session {work.session_id!r} reached the end of global attention after "
+                f"{session.latent_frames} latent frames ({video_frames / FPS:.0f} s of video; the RoPE table holds "
+                f"{limit}); reset it to continue, or run the engine with a KV window (--kv-window) to stream "
+                f"without a limit", session_id=work.session_id)
         frames = session.expected_frames()
         if np.shape(work.poses) != (frames, 4, 4) or np.shape(work.keys) != (frames, 8):
             raise EngineUserError(

@@ -71,6 +71,15 @@ class CausalDiT(nn.Module):
         """Recompute the non-persistent RoPE tables (needed after building on the meta device)."""
         self.rope.rebuild(device)
 
+    @property
+    def rope_frames(self) -> int:
+        """Latent frame positions of the RoPE table (the reference's 1024 unless set)."""
+        return self.rope.frame_positions
+
+    def set_rope_frames(self, frames: int) -> None:
+        """Set the RoPE frame table length; caches made afterwards re-anchor (window) or stop (global) there."""
+        self.rope.set_frame_positions(frames)
+
     def new_cache(self, *, capacity: int, frame_seqlen: int, kv_frames: int | None = None,
                   local_attn_size: int | None = None, sink_size: int | None = None,
                   max_attention_tokens: int | None = None, dtype: torch.dtype | None = None,
@@ -78,15 +87,17 @@ class CausalDiT(nn.Module):
         """Allocate caches for `capacity` session slots.
 
         Window mode (local_attn_size != -1, default from the config) holds
-        local_attn_size frames with sink_size pinned frames; global mode holds
-        `kv_frames` frames per slot (required then) and raises CacheFull beyond.
+        local_attn_size frames with sink_size pinned frames and streams forever
+        (positions re-anchor at the end of the RoPE table); global mode holds
+        `kv_frames` frames per slot (default: the RoPE table's length) and
+        raises CacheFull beyond, PositionLimitReached past the table.
         """
         cfg = self.config
         local = cfg.local_attn_size if local_attn_size is None else local_attn_size
         sink = cfg.sink_size if sink_size is None else sink_size
         window = local != -1
-        frames = local if window else kv_frames
-        if frames is None or frames <= 0:
+        frames = local if window else (self.rope_frames if kv_frames is None else kv_frames)
+        if frames <= 0:
             raise ValueError(f"global-mode cache needs kv_frames > 0 (got {kv_frames}); or pass local_attn_size")
         weight = self.patch_embedding.weight
         dtype = weight.dtype if dtype is None else dtype
@@ -95,6 +106,7 @@ class CausalDiT(nn.Module):
                      head_dim=cfg.head_dim, dtype=dtype, device=device)
         self_kv = SelfAttentionCache(kv_tokens=frames * frame_seqlen, frame_seqlen=frame_seqlen, window=window,
                                      sink_frames=sink, max_attention_tokens=max_attention_tokens,
+                                     rope_frames=self.rope_frames,
                                      **{**shape, "num_heads": self.sequence.local_heads(cfg.num_heads)})
         return DiTCache(self_kv=self_kv, text=TextCache(text_len=cfg.text_len, **shape))
 
@@ -148,12 +160,13 @@ class CausalDiT(nn.Module):
         if frame_seqlen != cache.self_kv.frame_seqlen:
             raise ValueError(f"latent grid {grid} gives {frame_seqlen} tokens per frame; "
                              f"the cache was built for {cache.self_kv.frame_seqlen}")
-        rope = self.rope.for_grid(grid, start_frames)  # before the cache moves: a limit error leaves it intact
+        self.rope.check_grid(grid)  # before the cache moves: an error leaves it intact
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(tokens.device)).float())  # (B, dim)
         e0 = self.time_projection(e).unflatten(1, (6, -1))  # (B, 6, dim) float32
         camera = None if control is None else self.embed_control(control)
         length = tokens.shape[1]
-        plan = cache.self_kv.plan(slots, [s * frame_seqlen for s in start_frames], length)
+        plan = cache.self_kv.plan(slots, [s * frame_seqlen for s in start_frames], length)  # may re-anchor
+        rope = self.rope.for_grid(grid, plan.rope_starts)  # RoPE frames: absolute until a slot re-anchors
         rows = slot_rows(slots, tokens.device)
         tokens, rope, camera = self.sequence.split(tokens, rope, camera)  # this rank's tokens
         for layer, block in enumerate(self.blocks):

@@ -74,6 +74,7 @@ class RayGrid:
     del_: float  # elevation step per row
     n_el: int  # rows
     pixel_cell: np.ndarray  # (H*W,) int32 flat index row*n_az + col of each pixel's nearest cell
+    rows: object = None  # render.RowTerms: per-row terms of this grid, derived once by the renderer
 
 
 def session_camera(width: int, height: int) -> Camera:

@@ -1,4 +1,4 @@
-"""SimEngine: the procedural world as a WorldEngine (numpy + pillow only, no torch)."""
+"""SimEngine: the procedural world as a WorldEngine (numpy, numba and pillow; no torch)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from inference.engine.base import (
 from .look import ImagePalette, Look, apply_palette, look_from_prompt, palette_from_image
 from .pool import RenderPool
 from .pooled import PooledWorlds
-from .render import RenderConfig
+from .render import RenderConfig, warm_up_kernels
 from .tasks import OpenWorld, PromptChange, TestFrame
 from .worlds import LocalWorlds, SceneEntry, Worlds
 
@@ -81,7 +81,8 @@ class SimEngine(WorldEngine):
         return self.worlds.pool.pids if isinstance(self.worlds, PooledWorlds) else []
 
     def warm_up(self) -> None:
-        """Start the render workers (workers > 1), else build the default size's level ray grid."""
+        """Start the render workers (workers > 1), else compile the render loops and build the
+        default size's level ray grid here; either way the first frame waits for neither."""
         if self.workers > 1 and isinstance(self.worlds, LocalWorlds):
             if self._sessions:
                 raise RuntimeError("SimEngine.warm_up starts the render workers: call it before opening sessions")
@@ -95,6 +96,7 @@ class SimEngine(WorldEngine):
             self.worlds.close()
             self.worlds = PooledWorlds(pool, self.render_config)
         elif isinstance(self.worlds, LocalWorlds):
+            warm_up_kernels()
             self.worlds.camera(832, 480).grid(0.0)
 
     # -- helpers the tasks use --

@@ -18,7 +18,7 @@ from .shared import SceneLayout
 
 @dataclass(kw_only=True, frozen=True)
 class WarmUp:
-    """Build the level ray grid of a frame size, then answer WarmedUp (the worker is up)."""
+    """Compile the render loops and build the level ray grid of a frame size, then answer WarmedUp."""
 
     width: int
     height: int
@@ -26,7 +26,7 @@ class WarmUp:
 
 @dataclass(kw_only=True, frozen=True)
 class WarmedUp:
-    """The worker has started and built the grid it was asked for."""
+    """The worker has started, can render and has built the grid it was asked for."""
 
     pid: int
 

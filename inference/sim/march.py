@@ -4,9 +4,9 @@ Every pixel ray of a roll-free camera lies in the vertical plane of its
 world azimuth, so the terrain is marched once per azimuth column at shared
 horizontal distances t_k. A sample at distance t with height h is seen at
 tan(elevation) s = (h - eye) / t; a ray at elevation e meets the ground at
-the first sample whose s reaches tan(e). Scattering each sample's k into
-the highest grid row it covers (smallest k wins) and taking a running
-minimum from the top row down gives every cell its first hit, exactly.
+the first sample whose s reaches tan(e). Marching a column front to back
+while keeping the highest row reached so far gives every cell its first hit,
+exactly (kernels.march_columns).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .camera import RayGrid
-from .fastmath import arctan
+from .kernels import march_columns
 from .scene import Scene
 
 
@@ -33,13 +33,14 @@ class MarchConfig:
 
 @dataclass(kw_only=True)
 class GroundSamples:
-    """The march of one frame."""
+    """The march of one frame, column-major (kernels.march_columns)."""
 
     t: np.ndarray  # (K,) horizontal sample distances in metres
-    # (5, K, A) per sample: tan(elevation) it is seen at, haze fraction, lit hazed r, g, b;
-    # one array so that shading gathers a sample with a single take.
+    # (A, K, 5) per sample: tan(elevation) it is seen at, haze fraction, lit hazed r, g, b;
+    # one column's samples lie together, so shading a column reads them from L1.
     packed: np.ndarray
-    hit: np.ndarray  # (R, A) int16 first sample seen by each grid cell; K where none (sky)
+    hit: np.ndarray  # (A, R) int16 first sample seen by each grid cell; K where none (sky)
+    sky_row: np.ndarray  # (A,) int32 first row of each column that sees sky (R: none)
 
 
 def march_distances(cfg: MarchConfig) -> np.ndarray:
@@ -48,73 +49,50 @@ def march_distances(cfg: MarchConfig) -> np.ndarray:
     return (cfg.near_m * cfg.depth_ratio ** np.arange(n)).astype(np.float32)
 
 
-def sample_terrain(scene: Scene, t: np.ndarray, sin_az: np.ndarray, cos_az: np.ndarray,
-                   x: float, z: float, mip_spacing: float) -> np.ndarray:
-    """Bilinear (height, r, g, b) at distances t along column azimuths from (x, z); (4, K, A).
+def sample_levels(scene: Scene, t: np.ndarray, x: float, z: float, mip_spacing: float) -> tuple:
+    """Per sample distance: the mip level read (first texel, size) and the texel coordinates
+    (u, v at the eye, texels per unit of sin/cos azimuth); (K,) arrays each.
 
     Each distance reads the mip level whose texel is about mip_spacing * t.
     """
     levels = scene.levels
     want = np.log2(np.maximum(t * mip_spacing / levels[0][2], 1.0))
     lvl = np.minimum(np.floor(want).astype(np.int64), len(levels) - 1)  # (K,)
-    first = np.array([lv[0] for lv in levels], np.int32)[lvl][:, None]
-    size = np.array([lv[1] for lv in levels], np.int32)[lvl][:, None]
-    inv_cell = (1.0 / np.array([lv[2] for lv in levels]))[lvl].astype(np.float32)[:, None]
-    centre = (0.5 - 0.5 / 2.0 ** lvl).astype(np.float32)[:, None]  # mip texel centre offset
-    mask = size - 1
-    tc = t[:, None] * inv_cell  # (K, 1) distance in texels of each row's level
-    u = (np.float32(x) * inv_cell - centre) + tc * sin_az[None]  # (K, A)
-    v = (np.float32(z) * inv_cell - centre) + tc * cos_az[None]
-    u0, v0 = np.floor(u), np.floor(v)
-    fu, fv = u - u0, v - v0  # (K, A)
-    iu, iv = u0.astype(np.int32) & mask, v0.astype(np.int32) & mask
-    iu1 = (iu + 1) & mask
-    row0 = first + iv * size
-    row1 = first + ((iv + 1) & mask) * size
-    tex = scene.texels  # (4, texels)
-    a = np.take(tex, row0 + iu, axis=1)  # (4, K, A)
-    a += (np.take(tex, row0 + iu1, axis=1) - a) * fu
-    b = np.take(tex, row1 + iu, axis=1)
-    b += (np.take(tex, row1 + iu1, axis=1) - b) * fu
-    a += (b - a) * fv
-    return a
+    first = np.array([lv[0] for lv in levels], np.int64)[lvl]
+    size = np.array([lv[1] for lv in levels], np.int64)[lvl]
+    inv_cell = (1.0 / np.array([lv[2] for lv in levels]))[lvl].astype(np.float32)
+    centre = (0.5 - 0.5 / 2.0 ** lvl).astype(np.float32)  # mip texel centre offset
+    tc = t * inv_cell  # distance in texels of each sample's level
+    return first, size, np.float32(x) * inv_cell - centre, np.float32(z) * inv_cell - centre, tc
 
 
-def first_hits(s: np.ndarray, grid: RayGrid) -> np.ndarray:
-    """(R, A) int16 index of the first sample each grid cell sees (K where it sees none)."""
-    k_count, n_az = s.shape
-    n_el = grid.n_el
-    # Highest row each sample covers, shifted by one so row 0 collects samples below the grid.
-    row = np.floor((arctan(s) - grid.el0) * (1.0 / grid.del_)).astype(np.int32) + 1
-    np.clip(row, 0, n_el, out=row)
-    cells = (row * n_az + np.arange(n_az, dtype=np.int32)[None]).ravel()
-    hit = np.full((n_el + 1) * n_az, k_count, np.int16)
-    # Later writes win, so writing k from last to first leaves the smallest k in each cell.
-    np.put(hit, cells[::-1], np.repeat(np.arange(k_count, dtype=np.int16), n_az)[::-1])
-    hit = hit.reshape(n_el + 1, n_az)
-    return np.minimum.accumulate(hit[::-1], axis=0)[::-1][1:]  # (R, A)
+def row_bounds(grid: RayGrid) -> np.ndarray:
+    """(R,) float64 tan of each grid row's lowest elevation: a sample seen at tan(elevation)
+    s covers row r when s >= bound[r] (rows past the zenith or nadir: never, always)."""
+    el = grid.el0 + grid.del_ * np.arange(grid.n_el)
+    bound = np.tan(np.clip(el, -math.pi / 2, math.pi / 2))
+    bound[el >= math.pi / 2] = np.inf
+    bound[el <= -math.pi / 2] = -np.inf
+    return bound
 
 
-def march(scene: Scene, cfg: MarchConfig, grid: RayGrid, x: float, z: float, eye: float,
+def march(scene: Scene, cfg: MarchConfig, bounds: np.ndarray, x: float, z: float, eye: float,
           sin_az: np.ndarray, cos_az: np.ndarray, haze: np.ndarray) -> GroundSamples:
     """Sample, light, haze and resolve visibility of the terrain for one frame.
 
-    haze: (3, A) colour the land fades to in each column.
+    bounds: (R,) row_bounds of the frame's grid; haze: (3, A) colour the land fades to in
+    each column. A sample at distance t with
+    height h is seen at tan(elevation) s = (h - eye) / t; a cell at elevation e sees
+    the first sample whose s reaches tan(e).
     """
     t = march_distances(cfg)
-    samples = sample_terrain(scene, t, sin_az, cos_az, x, z, cfg.mip_spacing)  # (4, K, A)
-    height = samples[0]
-    packed = np.empty((5,) + height.shape, np.float32)
-    s = np.subtract(height, np.float32(eye), out=packed[0])
-    s /= t[:, None]
+    first, size, u_base, v_base, tc = sample_levels(scene, t, x, z, cfg.mip_spacing)
     look = scene.look
-    # Haze thins with altitude: density at the mean height of the eye and the sample.
-    mean_h = np.maximum(0.5 * (height + np.float32(eye)) - scene.water_level, 0.0)
-    thin = np.exp(mean_h * np.float32(-1.0 / look.fog_height_m))
-    fog = np.exp(thin * (-look.fog_density * t)[:, None])
-    fog = np.subtract(1.0, fog, out=packed[1])  # (K, A)
-    fog[-1] = 1.0  # the last sample is all haze, so the land melts into the horizon
-    colour = samples[1:]
-    colour += (haze[:, None, :] - colour) * fog
-    packed[2:] = colour
-    return GroundSamples(t=t, packed=packed, hit=first_hits(s, grid))
+    n_az = sin_az.shape[0]
+    packed = np.empty((n_az, t.shape[0], 5), np.float32)
+    hit = np.empty((n_az, bounds.shape[0]), np.int16)
+    sky_row = np.empty(n_az, np.int32)
+    march_columns(scene.texels, first, size, u_base, v_base, tc, t, (-look.fog_density * t).astype(np.float32),
+                  float(eye), float(scene.water_level), np.float32(-1.0 / look.fog_height_m),
+                  sin_az, cos_az, haze, bounds, packed, hit, sky_row)
+    return GroundSamples(t=t, packed=packed, hit=hit, sky_row=sky_row)

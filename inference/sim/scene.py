@@ -82,9 +82,8 @@ class Scene:
             if n <= 8:
                 break
             cur = _downsample(cur)
-        # (4, sum n^2) float32, channel-first: numpy is far faster on whole planes than on
-        # a trailing axis of 3 or 4.
-        self.texels = np.ascontiguousarray(np.concatenate(mips, axis=1))
+        # (sum n^2, 4) float32, texel-major: a bilinear tap of the march reads one 16-byte texel.
+        self.texels = np.ascontiguousarray(np.concatenate(mips, axis=1).T)
         self.cloud = smoothstep(1.0 - look.cloud_cover - 0.08, 1.0 - look.cloud_cover + 0.12,
                                 terrain.cloud).astype(np.float32)  # (m, m) coverage 0..1
 

@@ -24,7 +24,7 @@ from .jobs import (
     AttachScene, BuildCancelled, BuildScene, CancelBuild, DropScene, FrameRendered, JobFailed, RenderFrame,
     SceneBuilt, Stop, WarmedUp, WarmUp,
 )
-from .render import RenderConfig, render_view
+from .render import RenderConfig, render_view, warm_up_kernels
 from .scene import Scene
 from .shared import SceneLayout, attach, publish
 from .terrain import Terrain
@@ -70,6 +70,7 @@ class RenderWorker:
         if isinstance(msg, RenderFrame):
             self.conn.send(self.render_frame(msg))
         elif isinstance(msg, WarmUp):
+            warm_up_kernels()
             self._camera(msg.width, msg.height).grid(0.0)
             self.conn.send(WarmedUp(pid=os.getpid()))
         elif isinstance(msg, BuildScene):

@@ -108,3 +108,34 @@ def test_the_engine_asking_for_lead_makes_the_session_buffer_more_then_less_agai
     pol2, _ = simulate(3.5, lambda seq: 0.1, lead=lambda seq: 0.5 if seq >= 10 else 0.0)
     assert pol2.remaining_s(3.5) > 0.5
     assert pol.remaining_s(6.0) < 0.4
+
+
+def test_a_world_with_a_length_limit_stops_asking_and_ends_without_a_stall():
+    """frames_left counts down: no request once it is 0, the buffer plays out, state 'ended' (never stalled)."""
+    pol = PlaybackPolicy(first_chunk_frames=4, chunk_frames=4, now=0.0)
+    pol.start(0.0)
+    left, t, requests, shown = 16, 0.0, 0, 0
+    states = []
+    while t < 5.0:
+        req = pol.request(t)
+        if req is not None:
+            requests += 1
+            left -= len(req.keys)
+            pol.on_chunk(req.seq, [b"jpeg"] * len(req.keys), t + 0.05, 0.0, frames_left=left)
+            assert pol.seconds_left(t + 0.05) == pytest.approx(pol.remaining_s(t + 0.05) + left * FRAME_S)
+        played = pol.due_frame(t)
+        shown += played is not None
+        change = pol.update_state(t, played is not None)
+        if change:
+            states.append(change)
+        t += TICK
+    assert requests == 4 and shown == 16  # 4 chunks reach frames_left 0; nothing is asked for after that
+    assert states == ["generating", "ended"] and pol.stalled_s(t) == 0.0
+    pol.restart(t)
+    assert pol.frames_left is None and pol.request(t) is not None  # a reset streams again
+
+
+def test_an_endless_world_reports_no_seconds_left():
+    """Without a limit from the engine, seconds_left is None."""
+    pol, _ = simulate(1.0, lambda seq: 0.1)
+    assert pol.seconds_left(1.0) is None

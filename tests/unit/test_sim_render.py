@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 
 from inference.sim import Camera, Scene, Terrain, decompose_pose, intrinsics, look_from_prompt
 from inference.sim.fastmath import arctan, arctan2, power
-from inference.sim.render import RenderConfig, render_view
+from inference.sim import kernels
+from inference.sim.render import RenderConfig, render_view, warm_up_kernels
+from inference.sim.shared import attach, publish
 
 W, H = 832, 480
 
@@ -152,3 +155,35 @@ def test_fast_arctan_and_power_match_numpy():
     assert np.abs(arctan2(y, x) - np.arctan2(y, x)).max() < 1e-6
     base = np.linspace(0, 1, 101, dtype=np.float32)
     np.testing.assert_allclose(power(base, 13), base.astype(np.float64) ** 13, rtol=1e-5, atol=1e-12)
+
+
+def test_warm_up_leaves_nothing_to_compile_for_real_frames(scene, camera):
+    """After warm-up, frames of a scene painted here or mapped read-only from a worker's memfd
+    (with and without depth) run without compiling another loop, so no frame waits seconds."""
+    warm_up_kernels()
+    loops = [getattr(kernels, name) for name in ("march_columns", "shade_columns", "sky_cells", "cells_to_pixels")]
+    compiled = [len(loop.signatures) for loop in loops]
+    fd, layout = publish(scene)
+    try:
+        shared = attach(fd, layout)
+    finally:
+        os.close(fd)
+    for s in (scene, shared):
+        for p in (pose(), pose(pitch_deg=60.0), pose(pitch_deg=-60.0)):
+            render_view(s, camera, p)
+            render_view(s, camera, p, with_depth=True)
+    assert [len(loop.signatures) for loop in loops] == compiled
+
+
+def test_shared_scene_renders_the_same_frame(scene, camera):
+    """A scene mapped from shared memory renders exactly the pixels and depths of the painted one."""
+    fd, layout = publish(scene)
+    try:
+        shared = attach(fd, layout)
+    finally:
+        os.close(fd)
+    for p in (pose(yaw_deg=33.0, forward=3.0), pose(pitch_deg=-70.0)):
+        a = render_view(scene, camera, p, with_depth=True)
+        b = render_view(shared, camera, p, with_depth=True)
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+        np.testing.assert_array_equal(a.depth, b.depth)
