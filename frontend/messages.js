@@ -21,10 +21,13 @@ const ERROR_TEXT = {
 /** Errors after which the stream goes on. */
 const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized", "read_only", "session_limit"]);
 
+/** Errors whose wording says all the server's detail would (a viewer need not read it twice). */
+const SELF_EXPLAINED = new Set(["read_only"]);
+
 /** @returns {{text: string, level: "warn"|"error"}} */
 export function describeError(code, detail) {
   const base = ERROR_TEXT[code] || `The server reported an error (${code || "unknown"}).`;
-  const text = detail && detail !== base ? `${base} (${detail})` : base;
+  const text = detail && detail !== base && !SELF_EXPLAINED.has(code) ? `${base} (${detail})` : base;
   return { text, level: NON_FATAL.has(code) ? "warn" : "error" };
 }
 
