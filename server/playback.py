@@ -279,10 +279,14 @@ class PlaybackPolicy:
         self.in_flight = None
 
     def seconds_left(self, now: float) -> float | None:
-        """Seconds of video this world can still show (the buffer plus what the engine can make); None: endless."""
+        """Seconds of video this world can still show (the buffer plus what the engine can make); None: endless.
+
+        Counted in frames at the model's 16 fps, not in playback time: a countdown that never goes up, even
+        when a slow engine stretches the frame interval.
+        """
         if self.frames_left is None:
             return None
-        return self.remaining_s(now) + self.frames_left * FRAME_S
+        return (len(self.buffer) + self.frames_left) * FRAME_S
 
     def update_state(self, now: float, played: bool) -> str | None:
         """Move between generating, stalled and ended after a pacer tick; returns the new state when it changed."""
