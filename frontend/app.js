@@ -1,16 +1,18 @@
-/** Page entry: loads /config, keeps the stream connected and drives one world session. */
+/** Page entry: loads /config, keeps the stream connected and drives one world (or watches one with ?watch=). */
 
 import { deriveWsUrl } from "./wsurl.js";
 import { StreamConnection } from "./connection.js";
 import { FrameRenderer } from "./renderer.js";
 import { KeyControls } from "./controls.js";
-import { prepareStartImage } from "./image.js";
+import { GamepadInput, LookSender, MouseLook } from "./look.js";
+import { MiniMap } from "./minimap.js";
+import { RESUME_TEXT, WorldResume } from "./resume.js";
+import { StageTools } from "./tools.js";
+import { accessToken, buildInit, wireDragAndDrop, wireImagePicker } from "./form.js";
 import { describeError, describeClose } from "./messages.js";
 import * as ui from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const DEFAULT_CONFIG = { ws_port: 8765, ws_path: "/", fps: 16, engine: "?", sizes: ["832*480"],
-  default_size: "832*480", auth_required: false, upsampler: false };
 // A close this soon after a server error is explained by that error.
 const CLOSE_FOLLOWS_ERROR_MS = 3000;
 // Errors that end a pending init: retrying the same init after a reconnect would fail again.
@@ -18,9 +20,13 @@ const INIT_FATAL = new Set(["bad_field", "bad_json", "too_large", "unauthorized"
 
 const view = $("view");
 const renderer = new FrameRenderer(view);
+const watchId = new URL(location.href).searchParams.get("watch"); // a read-only watch link
+const resume = new WorldResume();
+const minimap = new MiniMap($("minimap"));
 let conn = null;
-let config = DEFAULT_CONFIG;
+let config = ui.DEFAULT_CONFIG;
 let startImage = null; // {dataUrl, width, height, bytes}
+let watching = null; // the `watching` reply while this page watches a world
 let lastInit = null; // what to send again after a reconnect
 let runningInit = null; // the init of the world streaming now (kept when a new init is refused)
 let idleClosed = false; // the server closed the connection because no world was started: reconnect on Start
@@ -34,31 +40,15 @@ const controls = new KeyControls(
   (key, action) => (session !== null && conn !== null ? conn.send({ type: "control", key, action }) : false),
   (held) => ui.highlightKeys(held),
 );
-
-async function loadConfig() {
-  try {
-    const response = await fetch("config", { cache: "no-store" });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    return { ...DEFAULT_CONFIG, ...(await response.json()) };
-  } catch (err) {
-    ui.showMessage(`Could not load the server configuration (${err.message}); using defaults.`, "warn");
-    return DEFAULT_CONFIG;
-  }
-}
-
-function buildInit() {
-  const init = { type: "init", prompt: $("prompt").value.trim() };
-  if (startImage) init.image = startImage.dataUrl;
-  const seedText = $("seed").value.trim();
-  if (seedText !== "") init.seed = Number.parseInt(seedText, 10);
-  if ($("upsample").checked && !$("upsample").disabled) init.upsample = true;
-  if ($("size").value) init.size = $("size").value;
-  if (!$("token-row").hidden && $("token").value) init.token = $("token").value;
-  return init;
-}
+const looks = new LookSender((yaw, pitch) => (session !== null && conn !== null
+  ? conn.send({ type: "look", yaw, pitch }) : false));
+const steering = () => session !== null && !watchId;
+const mouseLook = new MouseLook(view, looks, { enabled: steering, onChange: (on) => { $("look-hint").hidden = !on; } });
+const gamepad = new GamepadInput(controls, looks, { enabled: steering });
+const tools = new StageTools(view, () => session || watching);
 
 function startSession() {
-  const init = buildInit();
+  const init = buildInit(startImage);
   if (!init.prompt) {
     ui.showMessage("Type a prompt describing the world first.", "warn");
     $("prompt").focus();
@@ -97,11 +87,30 @@ function onText(msg) {
       session = msg;
       runningInit = lastInit;
       awaitingSession = false;
-      ui.setRunning(true);
+      resume.onWorld(msg);
+      minimap.clear();
+      onWorldShown(msg);
       clearMessageIf(["engine_failed", "connection_lost"], true);
-      $("stat-seed").textContent = Number.isSafeInteger(msg.seed) ? String(msg.seed) : "–";
-      ui.setOverlay({ engine: msg.engine ?? config.engine, state: "generating" });
       if (msg.prompt && msg.prompt !== lastInit?.prompt) $("prompt-hint").textContent = `Running: ${msg.prompt}`;
+      break;
+    case "resumed":
+      session = msg;
+      awaitingSession = false;
+      resume.onWorld(msg);
+      onWorldShown(msg);
+      ui.showMessage("Reconnected: your world goes on where you left it.", "info", "resumed");
+      break;
+    case "watching":
+      watching = msg;
+      minimap.clear();
+      if (msg.path) minimap.add(msg.path);
+      onWorldShown(msg);
+      $("watch-prompt").textContent = msg.prompt;
+      clearMessageIf(["connection_lost"], true);
+      if (msg.state === "paused") ui.showMessage("The world's owner is reconnecting; the picture is paused.", "info");
+      break;
+    case "path":
+      minimap.add(msg);
       break;
     case "stats":
       lastStats = msg;
@@ -111,6 +120,7 @@ function onText(msg) {
       });
       // The server says when the engine cannot hold the target rate; flag it rather than hide it.
       $("stat-server-fps").classList.toggle("slow", msg.engine_keeping_up === false);
+      tools.setViewers(msg.viewers);
       break;
     case "status": {
       const where = msg.state === "queued" && msg.position != null ? ` #${msg.position}` : "";
@@ -118,7 +128,13 @@ function onText(msg) {
       if (msg.state === "queued") ui.showMessage(`Waiting for a free slot${where ? ` (position${where})` : ""}…`, "info");
       if (msg.state === "generating") clearMessageIf(["engine_failed"], true);
       if (msg.state === "stalled") ui.showMessage("The engine has fallen behind; the picture will resume.", "warn");
+      if (msg.state === "paused") ui.showMessage("The world's owner is reconnecting; the picture is paused.", "info");
       if (msg.state === "ending") ui.showMessage(msg.message || `This world ends in ${Math.round(msg.seconds_left)} s.`, "warn");
+      if (msg.state === "ended" && watching) {
+        // with a message the world itself is gone; without one it reached its length limit and its owner may reset it
+        if (msg.message) endWatching(msg.message);
+        else ui.showMessage("This world reached its length limit; it goes on if its owner resets it.", "info");
+      }
       break;
     }
     case "error":
@@ -135,15 +151,51 @@ function clearMessageIf(codes, orInfo = false) {
   if (codes.includes(box.dataset.code) || (orInfo && box.dataset.level === "info")) ui.clearMessage();
 }
 
+/** A world streams to this page now (its own, resumed, or watched). */
+function onWorldShown(msg) {
+  ui.setRunning(!watchId);
+  $("stat-seed").textContent = Number.isSafeInteger(msg.seed) ? String(msg.seed) : "–";
+  ui.setOverlay({ engine: msg.engine ?? config.engine, state: "generating" });
+  tools.setWorld(true, Boolean(msg.watch_id));
+}
+
+function endWatching(text) {
+  watching = null;
+  tools.setWorld(false, false);
+  ui.setOverlay({ state: "ended" });
+  ui.showMessage(text, "warn", "watch_ended");
+  conn.close(); // nothing to come back to
+}
+
 function onServerError(msg) {
-  if (msg.idle === true && !session && !awaitingSession) {
+  if (msg.idle === true && !session && !awaitingSession && !watchId) {
     idleClosed = true; // an idle page: the server closes it; Start opens a new connection
+    return;
+  }
+  if (msg.code === "not_resumable") {
+    resumeFailed(msg);
+    return;
+  }
+  if (msg.code === "resumed_elsewhere") {
+    session = null;
+    resume.forget();
+    lastInit = null;
+    ui.setRunning(false);
+    tools.setWorld(false, false);
+    ui.showMessage("This world continued in another tab or window; this page stopped following it.", "warn",
+      "resumed_elsewhere");
+    conn.close();
+    return;
+  }
+  if (watchId && (msg.code === "not_found" || msg.code === "busy")) {
+    endWatching(msg.code === "busy" ? `${describeError(msg.code, msg.message).text}` : "This watch link's world is not running (it may have ended).");
     return;
   }
   const { text, level } = describeError(msg.code, msg.message);
   ui.showMessage(text, level, msg.code || "");
   lastError = { code: msg.code, text, at: performance.now() };
   if (msg.code === "unauthorized") {
+    resume.forget(); // the world needs the access token it was started with; Start begins again
     ui.revealTokenField();
     $("token").focus();
   }
@@ -158,6 +210,34 @@ function onServerError(msg) {
   if (msg.code === "engine_failed") ui.setOverlay({ state: "engine restarting" });
 }
 
+/** The server could not continue the world: say why and start a fresh one with the same settings. */
+function resumeFailed(msg) {
+  resume.forget();
+  awaitingSession = false;
+  const why = RESUME_TEXT[msg.reason] || "Your world could not be resumed";
+  const code = msg.reason === "engine_restarted" ? "world_restarted" : "world_lost";
+  if (lastInit) {
+    ui.showMessage(`${why}; starting it again from the start.`, "warn", code);
+    sendInit();
+  } else {
+    ui.showMessage(`${why}.`, "warn", code);
+  }
+}
+
+/** What a (re)opened connection sends first: watch, resume, or the last init. */
+function greet(reconnected) {
+  if (watchId) {
+    conn.send({ type: "watch", watch_id: watchId, ...(accessToken() ? { token: accessToken() } : {}) });
+  } else if (reconnected && resume.canResume) {
+    awaitingSession = true;
+    ui.setOverlay({ state: "resuming" });
+    conn.send(resume.message(accessToken()));
+  } else if (lastInit) {
+    if (reconnected) ui.showMessage("Reconnected; restarting your world.", "info");
+    sendInit();
+  }
+}
+
 function onConnectionState(event) {
   switch (event.state) {
     case "connecting":
@@ -168,17 +248,19 @@ function onConnectionState(event) {
       break;
     case "open":
       ui.setConnectionBadge("open", event.reconnected ? "Reconnected" : "Connected");
-      if (event.reconnected && lastInit) {
-        ui.showMessage("Reconnected; restarting your world.", "info");
-      } else if (event.reconnected) {
+      if (event.reconnected) {
         clearMessageIf(["connection_lost"]);
       } else if ($("message").dataset.level !== "warn") {
         ui.clearMessage();
       }
-      if (lastInit) sendInit();
+      greet(event.reconnected);
       break;
     case "waiting": {
       session = null;
+      watching = null;
+      resume.onLost();
+      looks.clear();
+      tools.setWorld(false, false);
       if (idleClosed) {
         conn.close(); // no reconnect until Start
         ui.setConnectionBadge("closed", "Idle");
@@ -194,9 +276,12 @@ function onConnectionState(event) {
         // The server said why before closing (unauthorized, busy): keep that reason on screen.
         ui.showMessage(`${lastError.text} Reconnecting in ${seconds} s.`, "error", lastError.code);
       } else {
+        const kept = resume.graceS ? ` (the server keeps it for ${resume.graceS} s)` : "";
+        const then = resume.canResume ? ` and continuing your world${kept}`
+          : watchId ? "" : lastInit ? " and restarting your world" : "";
         ui.showMessage(
           `Lost the connection to the server: ${describeClose(event.code, event.reason)}. `
-          + `Reconnecting in ${seconds} s${lastInit ? " and restarting your world" : ""}…`,
+          + `Reconnecting in ${seconds} s${then}…`,
           "error", "connection_lost");
       }
       break;
@@ -211,26 +296,6 @@ function onConnectionState(event) {
     default:
       break;
   }
-}
-
-async function useImage(file) {
-  try {
-    startImage = await prepareStartImage(file);
-  } catch (err) {
-    ui.showMessage(`Start image not used: ${err.message}.`, "warn");
-    return;
-  }
-  $("image-thumb").src = startImage.dataUrl;
-  $("image-caption").textContent = `${startImage.width}×${startImage.height}, ${Math.round(startImage.bytes / 1024)} KB`;
-  $("image-preview").hidden = false;
-  ui.showMessage("Start image ready: press Start (or Restart) to use it.", "info");
-}
-
-function clearImage() {
-  startImage = null;
-  $("image-preview").hidden = true;
-  $("image-thumb").removeAttribute("src");
-  $("image-file").value = "";
 }
 
 function wireForm() {
@@ -250,11 +315,9 @@ function wireForm() {
     conn.send({ type: "reset" });
     view.focus({ preventScroll: true });
   });
-  $("image-file").addEventListener("change", (event) => {
-    const [file] = event.target.files;
-    if (file) useImage(file);
-  });
-  $("image-clear").addEventListener("click", clearImage);
+  const setImage = (image) => { startImage = image; };
+  wireImagePicker(setImage);
+  wireDragAndDrop(setImage);
   view.addEventListener("pointerdown", () => view.focus({ preventScroll: true }));
 }
 
@@ -265,38 +328,6 @@ function changePrompt() {
   view.focus({ preventScroll: true });
 }
 
-function wireDragAndDrop() {
-  const stage = $("stage");
-  const veil = $("drop-veil");
-  let depth = 0;
-  const hasFiles = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
-  document.addEventListener("dragenter", (event) => {
-    if (!hasFiles(event)) return;
-    depth += 1;
-    veil.hidden = false;
-    stage.classList.add("dragging");
-  });
-  document.addEventListener("dragleave", () => {
-    depth = Math.max(0, depth - 1);
-    if (depth === 0) {
-      veil.hidden = true;
-      stage.classList.remove("dragging");
-    }
-  });
-  document.addEventListener("dragover", (event) => {
-    if (hasFiles(event)) event.preventDefault();
-  });
-  document.addEventListener("drop", (event) => {
-    event.preventDefault();
-    depth = 0;
-    veil.hidden = true;
-    stage.classList.remove("dragging");
-    const file = [...(event.dataTransfer?.files || [])].find((f) => f.type.startsWith("image/"));
-    if (file) useImage(file);
-    else ui.showMessage("Drop an image file (JPEG or PNG) to use it as the start frame.", "warn");
-  });
-}
-
 function exposeDebugHook() {
   // Read-only view for tests and curious users; `send` bypasses the form on purpose.
   window.__worldDebug = {
@@ -305,6 +336,13 @@ function exposeDebugHook() {
     get frames() { return { received: renderer.received, drawn: renderer.drawn, dropped: renderer.dropped }; },
     get held() { return [...controls.held]; },
     get session() { return session; },
+    get watching() { return watching; },
+    get resume() { return { frames: resume.frames, gapMs: resume.gapMs, resumes: resume.resumes, token: resume.token }; },
+    get looksSent() { return looks.sent; },
+    get pointerLocked() { return mouseLook.locked; },
+    get gamepad() { return gamepad.connected; },
+    get recording() { return { active: tools.recorder.recording, last: tools.lastRecording }; },
+    get mapPoints() { return minimap.points.length; },
     get stats() { return lastStats; },
     get wsUrl() { return conn.url; },
     get connected() { return conn.isOpen; },
@@ -314,13 +352,20 @@ function exposeDebugHook() {
 }
 
 async function main() {
-  wireForm();
-  wireDragAndDrop();
-  controls.attachKeyboard();
-  controls.attachPad($("pads"));
+  if (watchId) {
+    ui.enterWatchMode(); // no keys, pads, mouse look or form: a viewer cannot steer
+  } else {
+    wireForm();
+    controls.attachKeyboard();
+    controls.attachPad($("pads"));
+    mouseLook.attach();
+    gamepad.attach();
+    window.addEventListener("blur", () => looks.clear());
+  }
+  tools.attach(mouseLook);
   renderer.onFirstFrame = () => { $("stage-hint").hidden = true; };
 
-  config = await loadConfig();
+  config = await ui.loadConfig();
   ui.applyConfig(config);
   ui.setOverlay({ engine: config.engine });
   const [w, h] = String(config.default_size || "832*480").split("*").map(Number);
@@ -329,7 +374,10 @@ async function main() {
   conn = new StreamConnection(deriveWsUrl(location.href, config));
   conn.on("state", onConnectionState);
   conn.on("text", onText);
-  conn.on("frame", (blob) => renderer.push(blob));
+  conn.on("frame", (blob) => {
+    resume.onFrame();
+    renderer.push(blob);
+  });
   conn.on("rtt", (ms) => ui.setOverlay({ rttMs: ms }));
   exposeDebugHook();
   conn.connect();

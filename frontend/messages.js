@@ -11,16 +11,23 @@ const ERROR_TEXT = {
   unauthorized: "Access denied: enter a valid access token and press Start.",
   engine_failed: "The world engine failed; the server is restarting it and your world resumes when it is back.",
   upsampler_failed: "Prompt enhancement is unavailable; your prompt is used as written.",
+  read_only: "You are watching this world; only its owner can steer it.",
+  not_resumable: "Your world could not be continued.",
+  resumed_elsewhere: "This world continued in another tab or window.",
+  not_found: "No world is running under this watch link (it may have ended).",
   session_limit: "This world reached the model's length limit; press Reset (or Start) to walk on from a new start.",
 };
 
 /** Errors after which the stream goes on. */
-const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized", "session_limit"]);
+const NON_FATAL = new Set(["upsampler_failed", "rate_limited", "not_initialized", "read_only", "session_limit"]);
+
+/** Errors whose wording says all the server's detail would (a viewer need not read it twice). */
+const SELF_EXPLAINED = new Set(["read_only"]);
 
 /** @returns {{text: string, level: "warn"|"error"}} */
 export function describeError(code, detail) {
   const base = ERROR_TEXT[code] || `The server reported an error (${code || "unknown"}).`;
-  const text = detail && detail !== base ? `${base} (${detail})` : base;
+  const text = detail && detail !== base && !SELF_EXPLAINED.has(code) ? `${base} (${detail})` : base;
   return { text, level: NON_FATAL.has(code) ? "warn" : "error" };
 }
 

@@ -2,6 +2,21 @@
 
 const $ = (id) => document.getElementById(id);
 
+export const DEFAULT_CONFIG = { ws_port: 8765, ws_path: "/", fps: 16, engine: "?", sizes: ["832*480"],
+  default_size: "832*480", auth_required: false, upsampler: false };
+
+/** The server's /config (defaults, with a note, when it cannot be read). */
+export async function loadConfig() {
+  try {
+    const response = await fetch("config", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return { ...DEFAULT_CONFIG, ...(await response.json()) };
+  } catch (err) {
+    showMessage(`Could not load the server configuration (${err.message}); using defaults.`, "warn");
+    return DEFAULT_CONFIG;
+  }
+}
+
 export function showMessage(text, level = "info", code = "") {
   const box = $("message");
   box.textContent = text;
@@ -82,4 +97,13 @@ export function setRunning(running) {
   $("start").textContent = running ? "Restart" : "Start";
   $("change-prompt").disabled = !running;
   $("reset").disabled = !running;
+}
+
+/** A ?watch= page: the picture, its stats and tools; no form, keys or pads (a viewer cannot steer). */
+export function enterWatchMode() {
+  document.body.classList.add("watch-mode");
+  $("watch-banner").hidden = false;
+  $("watch-info").hidden = false;
+  $("stage-hint").replaceChildren(Object.assign(document.createElement("p"), { textContent: "Joining the shared world…" }));
+  $("own-world").href = location.pathname;
 }

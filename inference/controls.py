@@ -33,6 +33,13 @@ Timeline rules:
   folds the oldest ones, so the final state is always right; only the
   sub-frame timing of the folded edges is lost). Sampling ranges are meant
   to move forward; a range before the folded state is answered from it.
+
+Look deltas (mouse, gamepad) become look-key frames: a turn of x degrees
+is x / 2 frames of the look key (2 degrees per frame), queued per axis
+after the turn still pending and played from the frame the delta arrived
+in (`LookTrack`), so a sample holds look-key fractions like any key press
+and `act` models see key states. A look adds to the keys of its axis within
+a frame, clipped to one full key (a key held the same way leaves no room).
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ MOVE_PER_FRAME = 0.05  # world units per frame of W/A/S/D at 16 fps
 TURN_DEG_PER_FRAME = 2.0  # degrees per frame of I/J/K/L at 16 fps
 PITCH_LIMIT_DEG = 85.0
 MAX_EVENTS = 256
+LOOK_BACKLOG_FRAMES = 32  # look-key frames queued per axis (64 degrees, 2 s of turning); more is cut and counted
+# Look axes as (column of the positive direction, column of the negative one): yaw right l / left j, pitch up i / down k.
+LOOK_AXES = ((7, 5), (4, 6))
 
 
 def canonical_key(name: str) -> str:
@@ -98,6 +108,7 @@ class KeyTimeline:
         self._horizon = -math.inf  # end of the last sampled range
         self._press_shift = [0.0] * len(KEY_ORDER)  # delay applied to each key's last late press
         self.folded_by_cap = 0  # edges folded early because of the cap (flood counter)
+        self.looks = LookTrack(max_runs=max_events)
 
     @property
     def event_count(self) -> int:
@@ -131,9 +142,14 @@ class KeyTimeline:
         return self.edge(key, "up", t)
 
     def release_all(self, t: float) -> None:
-        """Release every key at t (focus lost, reset, disconnect)."""
+        """Release every key at t and drop look time not played by then (focus lost, reset, disconnect)."""
         for key in KEY_ORDER:
             self.edge(key, "up", t)
+        self.looks.stop()
+
+    def look(self, yaw_deg: float, pitch_deg: float, t: float) -> float:
+        """Queue a look delta arriving at t (yaw right and pitch up positive); returns the degrees cut by the cap."""
+        return self.looks.add(yaw_deg, pitch_deg, max(float(t), self._horizon))
 
     def held(self, t: float) -> set[str]:
         """Keys effectively held at time t (after newest-wins between opposite keys)."""
@@ -163,9 +179,10 @@ class KeyTimeline:
             seg_start[:, None], frame_edges[None, :-1])
         overlap = np.clip(overlap, 0.0, None)
         fractions = overlap.T @ np.asarray(states, dtype=np.float64) / ((t1 - t0) / n)
+        fractions = _add_looks(np.clip(fractions, 0.0, 1.0), self.looks.sample(t0, t1, n))
         self._fold_until(t0)
         self._horizon = max(self._horizon, t1)
-        return np.clip(fractions, 0.0, 1.0).astype(np.float32)
+        return fractions.astype(np.float32)
 
     def _insert(self, event: tuple[float, int, int, bool]) -> None:
         self._seq += 1
@@ -193,6 +210,98 @@ class KeyTimeline:
                 break
             _apply(presses, t_e, seq, column, down)
         return presses
+
+
+class LookTrack:
+    """Look deltas as runs of look-key frames per axis (x degrees = x / 2 frames), played at one key per frame.
+
+    A run starts at the frame containing its arrival or where the previous
+    run ends, whichever is later, so a delta is turned whole however long
+    the sampled frames are. A delta against the queued direction cancels
+    queued turn first (right then back nets out). At most
+    `LOOK_BACKLOG_FRAMES` wait per axis and `max_runs` runs; the rest of a
+    delta is cut (`cut_deg` counts it).
+    """
+
+    def __init__(self, *, max_runs: int = MAX_EVENTS):
+        self.max_runs = max_runs
+        self._runs: tuple[list[list], ...] = ([], [])  # per axis: [arrival time, frames left, column], in order
+        self.cut_deg = 0.0
+
+    def add(self, yaw_deg: float, pitch_deg: float, t: float) -> float:
+        """Queue a delta arriving at t; returns the degrees cut."""
+        cut = 0.0
+        for runs, (positive, negative), delta in zip(self._runs, LOOK_AXES, (yaw_deg, pitch_deg)):
+            delta = float(delta)
+            if not math.isfinite(delta) or not math.isfinite(t):
+                raise ValueError(f"look delta {delta!r} at {t!r}: expected finite numbers")
+            if delta:
+                cut += self._queue(runs, positive if delta > 0 else negative, abs(delta) / TURN_DEG_PER_FRAME, t)
+        self.cut_deg += cut
+        return cut
+
+    def _queue(self, runs: list[list], column: int, frames: float, t: float) -> float:
+        if runs and runs[-1][2] != column:  # cancel the queued turn the other way first
+            take = min(frames, runs[-1][1])
+            runs[-1][1] -= take
+            frames -= take
+            if runs[-1][1] <= 1e-9:
+                runs.pop()
+        if frames <= 0:
+            return 0.0
+        room = max(0.0, LOOK_BACKLOG_FRAMES - sum(run[1] for run in runs))
+        if len(runs) >= self.max_runs and not (runs and runs[-1][2] == column):
+            room = 0.0
+        played = min(frames, room)
+        if played > 0:
+            if runs and runs[-1][2] == column:
+                runs[-1][1] += played
+            else:
+                runs.append([t, played, column])
+        return (frames - played) * TURN_DEG_PER_FRAME
+
+    def stop(self) -> None:
+        """Drop every turn not played yet."""
+        for runs in self._runs:
+            runs.clear()
+
+    def sample(self, t0: float, t1: float, n: int) -> np.ndarray:
+        """(n, 8) look-key fraction of each of n equal frames of [t0, t1); what is played leaves the queue."""
+        out = np.zeros((n, len(KEY_ORDER)))
+        dt = (t1 - t0) / n
+        edges = np.arange(n + 1, dtype=np.float64)
+        for runs in self._runs:
+            cursor = 0.0  # in frames of this sample
+            while runs and runs[0][0] < t1 and cursor < n:
+                run = runs[0]
+                start = max(cursor, (run[0] - t0) / dt)
+                end = min(float(n), start + run[1])
+                overlap = np.minimum(end, edges[1:]) - np.maximum(start, edges[:-1])
+                out[:, run[2]] += np.clip(overlap, 0.0, None)
+                run[1] -= end - start
+                cursor = end
+                if run[1] > 1e-9:
+                    run[0] = t1  # the rest plays from the next sample on
+                    break
+                runs.pop(0)
+        return np.minimum(out, 1.0)
+
+    @property
+    def pending_deg(self) -> float:
+        return sum(run[1] for runs in self._runs for run in runs) * TURN_DEG_PER_FRAME
+
+
+def _add_looks(keys: np.ndarray, looks: np.ndarray) -> np.ndarray:
+    """Add look fractions to key fractions per axis (net turn per frame within one full key); (n, 8)."""
+    if not looks.any():
+        return keys
+    out = keys.copy()
+    for positive, negative in LOOK_AXES:
+        turning = (looks[:, positive] > 0) | (looks[:, negative] > 0)
+        net = np.clip(keys[:, positive] - keys[:, negative] + looks[:, positive] - looks[:, negative], -1.0, 1.0)
+        out[turning, positive] = np.maximum(net, 0.0)[turning]
+        out[turning, negative] = np.maximum(-net, 0.0)[turning]
+    return out
 
 
 def _apply(presses: list[_Press | None], t: float, seq: int, column: int, down: bool) -> bool:

@@ -21,7 +21,8 @@ from server.hub import SessionHub
 from server.metrics import FrontMetrics
 from server.settings import Settings, SettingsError
 from server.ws_guard import GuardedConnection
-from server.ws_handler import CLOSE_TIMEOUT_S, ConnectionRegistry
+from server.registry import ConnectionRegistry
+from server.ws_handler import CLOSE_TIMEOUT_S
 
 log = logging.getLogger("front")
 

@@ -7,6 +7,13 @@ so an error always reaches the client before the close frame) and `abort`
 nobody but itself: its oldest frames are dropped and counted, and the
 connection watchdog aborts it when a send has been blocked too long or its
 socket buffer grows past `SEND_BUFFER_LIMIT`.
+
+Frames belong to a *stream* (one world as this client sees it; `begin_stream`
+starts one at a given frame index). The channel counts the frames of the
+current stream it has handed to the socket and keeps the newest of them (up
+to `SENT_TAIL_BYTES`), because a frame handed to the socket may still be
+lost with the connection: `undelivered()` gives what a resumed client
+may be missing (that tail, a send in progress, and the queue).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ log = logging.getLogger("front.channel")
 TEXT_QUEUE_LIMIT = 256  # JSON messages are few; a client that lets this many pile up is not reading: close 1013
 SEND_BUFFER_LIMIT = 1024 * 1024  # bytes waiting in the socket's buffer (a frame is at most a few hundred KB)
 CONGESTED_AFTER_S = 0.5  # a send blocked this long: the client takes no frames now (its world stops generating)
+# Sent frames kept for a resume: more bytes than can wait in the transport (SEND_BUFFER_LIMIT) and the kernel's
+# send buffer (256 KiB asked, doubled by Linux) together. The bytes are shared with the session's other listeners.
+SENT_TAIL_BYTES = 2 * SEND_BUFFER_LIMIT
 
 
 class ClientChannel:
@@ -32,7 +42,7 @@ class ClientChannel:
 
     def __init__(self, ws, max_frames: int):
         self.ws = ws
-        self.frames: deque[bytes] = deque()
+        self.frames: deque[tuple[object, bytes]] = deque()  # (stream, jpeg)
         self.max_frames = max_frames
         self.text: deque[str] = deque()
         self.frames_sent = 0
@@ -42,6 +52,11 @@ class ClientChannel:
         self.close_reason = ""
         self.finished = asyncio.Event()  # the writer has ended
         self._sending_since: float | None = None
+        self.stream: object = None  # the stream whose frames are counted
+        self.stream_sent = 0  # index of the next frame of the current stream to hand to the socket
+        self.sent_tail: deque[bytes] = deque()  # newest frames of the stream handed over, SENT_TAIL_BYTES at most
+        self._tail_bytes = 0
+        self._in_send: tuple[object, bytes] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -68,7 +83,7 @@ class ClientChannel:
         return True
 
     def send_frame(self, jpeg: bytes) -> int:
-        """Queue a frame; returns how many older frames were dropped to make room."""
+        """Queue a frame of the current stream; returns how many older frames were dropped to make room."""
         if self.closing:
             return 0
         dropped = 0
@@ -76,13 +91,25 @@ class ClientChannel:
             self.frames.popleft()
             dropped += 1
         self.frames_dropped += dropped
-        self.frames.append(jpeg)
+        self.frames.append((self.stream, jpeg))
         self._wake.set()
         return dropped
 
-    def drop_frames(self) -> None:
-        """Forget queued frames (the client switched to another world)."""
+    def begin_stream(self, stream: object, first_index: int = 0) -> None:
+        """Frames from now on belong to `stream`, counted from `first_index`; queued frames are forgotten."""
         self.frames.clear()
+        self.stream, self.stream_sent = stream, first_index
+        self.sent_tail.clear()
+        self._tail_bytes = 0
+
+    def undelivered(self) -> tuple[int, list[bytes]]:
+        """(index of the first, frames) of the current stream that the client may not have received."""
+        frames = list(self.sent_tail)
+        first = self.stream_sent - len(frames)
+        if self._in_send is not None and self._in_send[0] is self.stream:
+            frames.append(self._in_send[1])
+        frames += [jpeg for stream, jpeg in self.frames if stream is self.stream]
+        return first, frames
 
     def close(self, code: int, reason: str) -> None:
         """Close after the text already queued; queued frames are dropped, later messages refused."""
@@ -142,6 +169,13 @@ class ClientChannel:
         finally:
             self._sending_since = None
 
+    def _sent(self, jpeg: bytes) -> None:
+        self.stream_sent += 1
+        self.sent_tail.append(jpeg)
+        self._tail_bytes += len(jpeg)
+        while self._tail_bytes > SENT_TAIL_BYTES and len(self.sent_tail) > 1:
+            self._tail_bytes -= len(self.sent_tail.popleft())
+
     async def _write(self) -> None:
         try:
             while True:
@@ -152,8 +186,12 @@ class ClientChannel:
                     await self.ws.close(self.close_code, self.close_reason)
                     return
                 elif self.frames:
-                    await self._send(self.frames.popleft())
+                    self._in_send = stream, jpeg = self.frames.popleft()
+                    await self._send(jpeg)
+                    self._in_send = None
                     self.frames_sent += 1
+                    if stream is self.stream:
+                        self._sent(jpeg)
                 else:
                     self._wake.clear()
                     await self._wake.wait()

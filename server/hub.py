@@ -1,4 +1,4 @@
-"""The front's core: sessions by id, admission, routing of engine messages to sessions, test frames, periodic stats."""
+"""The front's core: sessions by id, admission, kept worlds and watch links, engine message routing, periodic stats."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from inference import protocol as P
 from server.admission import AdmissionBusy, AdmissionQueue, Waiting, capacity_by_size, fits_capacity
 from server.engine_link import EngineSupervisor, EngineUnavailable
 from server.metrics import FrontMetrics
+from server.resume import ResumeBook
 from server.session import Session, SessionParams
 from server.settings import Settings
 from server.testframe import TestFrames
@@ -25,7 +26,10 @@ class SessionHub:
         self.settings = settings
         self.metrics = metrics
         self.upsampler = upsampler
-        self.sessions: dict[str, Session] = {}  # every world the engine has or is building
+        self.sessions: dict[str, Session] = {}  # every world the engine has or is building (kept ones too)
+        self.resume = ResumeBook()
+        self.watched: dict[str, Session] = {}  # watch id -> world
+        self._grace: dict[str, asyncio.TimerHandle] = {}  # session id -> end of its grace (detached worlds)
         self.admission = AdmissionQueue(settings.max_queue)
         self.reserved: dict[object, str] = {}  # owner -> size of an admitted init whose session is not made yet
         self.started_at = time.time()
@@ -126,6 +130,7 @@ class SessionHub:
                           prompt_interval_s=1.0 / self.settings.prompt_rate,
                           replaces=replaces.id if replaces is not None else "")
         self.sessions[session.id] = session
+        self.watched[session.watch_id] = session
         self.sessions_started += 1
         self.metrics.sessions_total.inc()
         self.metrics.sessions.set(len(self.sessions))
@@ -137,11 +142,65 @@ class SessionHub:
         except EngineUnavailable as exc:  # opened again by _on_engine_ready
             session.emit({"type": "status", "state": "starting", "session_id": session.id, "reason": str(exc)})
 
-    def close_session(self, session: Session) -> None:
+    def close_session(self, session: Session, reason: str = "ended") -> None:
+        """Free a world; its resume token answers `reason` from now on (see server/resume.py)."""
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.sessions.set(len(self.sessions))
+        if self.watched.get(session.watch_id) is session:
+            del self.watched[session.watch_id]
+        timer = self._grace.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
+        self.resume.forget(session, reason)
         session.close()
+        self._count_kept()
         self.admit_waiting()
+
+    # -- kept worlds and watch links ------------------------------------------
+
+    def keep(self, session: Session, first_index: int, undelivered: list[bytes]) -> bool:
+        """Keep a world whose owner's connection dropped for RESUME_GRACE_S; False when it cannot be kept."""
+        grace = self.settings.resume_grace_s
+        if grace <= 0 or session.closed or not session.is_open or not session.active or session.detached:
+            return False
+        session.detach(first_index, undelivered)
+        self._grace[session.id] = asyncio.get_running_loop().call_later(grace, self._grace_over, session)
+        self._count_kept()
+        log.info("session %s kept for %g s (RESUME_GRACE_S) after its connection dropped", session.id, grace)
+        return True
+
+    def _grace_over(self, session: Session) -> None:
+        self._grace.pop(session.id, None)
+        if session.detached:
+            log.info("session %s: nobody resumed it within RESUME_GRACE_S; closing it", session.id)
+            self.close_session(session, "expired")
+
+    def grace_left_s(self, session: Session) -> float | None:
+        timer = self._grace.get(session.id)
+        return None if timer is None else timer.when() - asyncio.get_running_loop().time()
+
+    def reattach(self, session: Session, holder, frames_received: int) -> int:
+        """A resumed connection takes a kept world; returns the stream index of the next frame it gets."""
+        timer = self._grace.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
+        next_index = session.attach(holder, frames_received)
+        self._count_kept()
+        return next_index
+
+    def move_viewers(self, old: Session, new: Session) -> None:
+        """An owner switched worlds (re-init): its watch link and viewers follow it."""
+        if self.watched.get(new.watch_id) is new:
+            del self.watched[new.watch_id]
+        new.watch_id = old.watch_id
+        self.watched[new.watch_id] = new
+        for listener in list(old.listeners):
+            if getattr(listener, "watching", None) is old:
+                old.unsubscribe(listener)
+                listener.watch_moved(new)
+
+    def _count_kept(self) -> None:
+        self.metrics.sessions_detached.set(sum(1 for s in self.sessions.values() if s.detached))
 
     # -- engine events -----------------------------------------------------
 
@@ -175,6 +234,9 @@ class SessionHub:
         self.metrics.engine_ready.set(0)
         self.test_frames.fail_all(reason)
         for s in list(self.sessions.values()):
+            if s.detached:  # a restart cannot keep a world: its owner gets a fresh one when it comes back
+                self.close_session(s, "engine_restarted")
+                continue
             s.on_engine_down(reason)
             self.metrics.client_errors.labels("engine_failed").inc()
 
@@ -191,18 +253,21 @@ class SessionHub:
         while True:
             await asyncio.sleep(1.0)
             stalled = 0
+            viewers = 0
             for s in list(self.sessions.values()):
                 stalled += s.policy.state == "stalled"
-                if s.is_open and s.active:
+                viewers += s.viewers
+                if s.is_open and s.active and not s.detached:
                     s.emit(s.stats())
             self.metrics.late_sessions.set(stalled)
+            self.metrics.viewers.set(viewers)
             self.admit_waiting()
             self.metrics.engine_ready.set(1 if self.engine.ready else 0)
 
     def status(self) -> dict:
         e = self.engine
         info, beat = e.info, e.heartbeat
-        sessions = [s.summary(_delivery(s)) for s in self.sessions.values()]
+        sessions = [s.summary(_delivery(s), self.grace_left_s(s)) for s in self.sessions.values()]
         return {
             "engine": {"name": info.engine if info else self.settings.engine, "model": info.model if info else None,
                        "device": info.device if info else None, "world_size": info.world_size if info else None,
@@ -221,7 +286,11 @@ class SessionHub:
             "totals": {"sessions": len(sessions), "sessions_started": self.sessions_started,
                        "max_sessions": self.settings.max_sessions, "queued": len(self.admission),
                        "frames_sent": self.metrics.frames_total, "frames_dropped": self.metrics.drops_total,
-                       "test_frames": len(self.test_frames.pending)},
+                       "test_frames": len(self.test_frames.pending),
+                       "detached": sum(1 for s in self.sessions.values() if s.detached),
+                       "viewers": sum(s.viewers for s in self.sessions.values())},
+            "resume": {"grace_s": self.settings.resume_grace_s, "tokens": len(self.resume)},
+            "watch": {"max_viewers_per_session": self.settings.max_viewers_per_session},
             "admission": {"mode": self.settings.admission, "max_queue": self.settings.max_queue,
                           "capacity_check": self.settings.admission_capacity, "capacity": self.capacity(),
                           "queue": self.admission.summary()},
@@ -232,11 +301,7 @@ class SessionHub:
 
 def _delivery(session: Session) -> dict:
     """The owner channel's drop and queue counts, when the session has an owner listening."""
-    for listener in session.listeners:
-        delivery = getattr(listener, "delivery", None)
-        if delivery is not None:
-            return delivery()
-    return {}
+    return session.holder.delivery() if session.holder is not None else {}
 
 
 def _struct(obj) -> dict:

@@ -56,7 +56,28 @@ class Ping:
     t: object  # echoed back untouched (number or string)
 
 
-ClientMessage = Init | Control | PromptChange | Reset | Ping
+@dataclass(frozen=True, kw_only=True)
+class Look:
+    yaw: float  # degrees, positive turns right
+    pitch: float  # degrees, positive looks up
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resume:
+    resume_token: str
+    frames: int  # frames of the world the client received (its stream index)
+    token: str | None  # access token (AUTH_TOKEN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Watch:
+    watch_id: str
+    token: str | None  # access token (AUTH_TOKEN)
+
+
+ClientMessage = Init | Control | PromptChange | Reset | Ping | Look | Resume | Watch
+MAX_LOOK_DEG = 360.0  # one look message turns at most this far per axis
+MAX_ID_CHARS = 128  # resume tokens and watch ids are ~16-32 characters
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not allowed")
@@ -134,11 +155,8 @@ def _parse_init(obj: dict) -> Init:
     size = obj.get("size")
     if size is not None and not isinstance(size, str):
         raise ClientError("bad_field", "field 'size' must be a string like \"832*480\"")
-    token = obj.get("token")
-    if token is not None and not isinstance(token, str):
-        raise ClientError("bad_field", "field 'token' must be a string")
     return Init(prompt=prompt_field(obj, required=True), image=image_field(obj.get("image")), seed=seed,
-                upsample=upsample, size=size, token=token)
+                upsample=upsample, size=size, token=_access_token(obj))
 
 
 def _parse_control(obj: dict) -> Control:
@@ -175,5 +193,42 @@ def _parse_ping(obj: dict) -> Ping:
     return Ping(t=t)
 
 
+def _parse_look(obj: dict) -> Look:
+    values = []
+    for name in ("yaw", "pitch"):
+        v = obj.get(name, 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > MAX_LOOK_DEG:
+            raise ClientError("bad_field", f"field {name!r} must be a number of degrees within +/-{MAX_LOOK_DEG:g}, "
+                                           f"got {str(v)[:20]!r}")
+        values.append(float(v))
+    return Look(yaw=values[0], pitch=values[1])
+
+
+def _id_field(obj: dict, name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        raise ClientError("bad_field", f"field {name!r} must be a non-empty string of at most {MAX_ID_CHARS} characters")
+    return value
+
+
+def _access_token(obj: dict) -> str | None:
+    token = obj.get("token")
+    if token is not None and not isinstance(token, str):
+        raise ClientError("bad_field", "field 'token' must be a string")
+    return token
+
+
+def _parse_resume(obj: dict) -> Resume:
+    frames = obj.get("frames", 0)
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 0 <= frames <= MAX_SAFE_NUMBER:
+        raise ClientError("bad_field", f"field 'frames' must be a whole number >= 0, got {str(frames)[:20]!r}")
+    return Resume(resume_token=_id_field(obj, "resume_token"), frames=frames, token=_access_token(obj))
+
+
+def _parse_watch(obj: dict) -> Watch:
+    return Watch(watch_id=_id_field(obj, "watch_id"), token=_access_token(obj))
+
+
 _PARSERS = {"init": _parse_init, "control": _parse_control, "prompt": _parse_prompt,
-            "reset": _parse_reset, "ping": _parse_ping}
+            "reset": _parse_reset, "ping": _parse_ping, "look": _parse_look, "resume": _parse_resume,
+            "watch": _parse_watch}

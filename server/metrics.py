@@ -30,6 +30,10 @@ class FrontMetrics:
                                    registry=r)
         self.stalled_seconds = Counter("world_stalled_seconds", "Time sessions spent stalled", registry=r)
         self.sessions_queued = Gauge("world_sessions_queued", "Inits waiting for capacity", registry=r)
+        self.sessions_detached = Gauge("world_sessions_detached",
+                                       "Worlds kept after their connection dropped, waiting for a resume", registry=r)
+        self.viewers = Gauge("world_viewers", "Read-only viewers watching a world", registry=r)
+        self.resumes = Counter("world_resumes", "Resume attempts by result", ["result"], registry=r)
         self.connections_dropped = Counter("world_connections_dropped",
                                            "Connections the server ended because the client misbehaved", ["reason"],
                                            registry=r)

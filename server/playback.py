@@ -11,6 +11,10 @@ late enough that the chunk reflects the newest keys, early enough that
 playback does not stall. With one chunk in flight, key-to-screen latency is
 about one chunk plus one round trip.
 
+Trajectory. Each request's poses are kept as a top-down path (x, z per
+frame and the heading at its end) and handed out with the chunk's first
+frame when it is shown, so a mini-map follows what is on screen.
+
 Pacing. One frame per interval: 1/16 s while the engine keeps up; when the
 typical round trip (median of the last few) is longer than a chunk of video,
 the interval stretches to round trip / frames per chunk (plus 2 %), so
@@ -20,6 +24,7 @@ a stall the clock restarts (no burst).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -58,6 +63,15 @@ class PlayedFrame:
     number: int
     payload: bytes
     latencies_s: list[float] = field(default_factory=list)
+    path: dict | None = None  # the top-down path of the chunk this frame starts (see `path_of`)
+
+
+def path_of(first_frame: int, poses: np.ndarray) -> dict:
+    """Top-down path of a chunk: x, z per frame (world units) and the heading after it (degrees, 0 = +z, 90 = +x)."""
+    forward = poses[-1, :3, 2]  # camera z axis in world coordinates
+    heading = math.degrees(math.atan2(float(forward[0]), float(forward[2])))
+    points = [[round(float(p[0, 3]), 3), round(float(p[2, 3]), 3)] for p in poses]
+    return {"frame": first_frame, "points": points, "heading": round(heading, 1)}
 
 
 class PlaybackPolicy:
@@ -94,6 +108,10 @@ class PlaybackPolicy:
     def release_keys(self, t: float) -> None:
         self.timeline.release_all(t)
 
+    def look(self, yaw_deg: float, pitch_deg: float, t: float) -> float:
+        """Queue a look delta that arrived at t; returns the degrees cut by the look backlog bound."""
+        return self.timeline.look(yaw_deg, pitch_deg, t)
+
     def restart(self, now: float) -> None:
         """Forget the stream: the next chunk is a first chunk at the start pose (open, reset, engine restart)."""
         self.rig.reset()
@@ -106,6 +124,7 @@ class PlaybackPolicy:
         self.next_due: float | None = None
         self._edges: list[tuple[float, float]] = []  # (effective time, arrival) not yet assigned to a frame
         self._targets: deque[tuple[int, float]] = deque()  # (frame number, arrival) awaiting display
+        self._paths: deque[dict] = deque()  # paths of requested chunks whose first frame is not shown yet
         self._empty_since: float | None = now  # when the buffer last ran dry
         self.frames_left: int | None = None  # video frames the engine can still make (None: no limit)
 
@@ -156,6 +175,7 @@ class PlaybackPolicy:
             keys[0] = 0.0  # a stream's first frame is the start view at the start pose
         poses = self.rig.advance(keys)  # (n, 4, 4)
         self._assign_edges(t0, t1, n, first)
+        self._paths.append(path_of(self.frames_requested, poses))
         req = ChunkRequest(seq=self.seq, first_chunk=first, poses=poses, keys=keys, deadline=now + remaining,
                            requested_at=now, first_frame=self.frames_requested)
         self.in_flight = req
@@ -169,6 +189,8 @@ class PlaybackPolicy:
         """The request could not be sent (engine down): it is not in flight."""
         if self.in_flight is req:
             self.in_flight = None
+            if self._paths and self._paths[-1]["frame"] == req.first_frame:
+                self._paths.pop()
 
     def _assign_edges(self, t0: float, t1: float, n: int, first: bool) -> None:
         """Map this window's key edges to the first frame whose pose reflects them."""
@@ -227,7 +249,19 @@ class PlaybackPolicy:
         played = PlayedFrame(number=number, payload=payload)
         while self._targets and self._targets[0][0] <= number:
             played.latencies_s.append(now - self._targets.popleft()[1])
+        while self._paths and self._paths[0]["frame"] <= number:
+            played.path = self._paths.popleft()
         return played
+
+    def replay(self, frames: list[bytes]) -> None:
+        """Put frames shown before back at the head of the buffer (a resumed client never received them)."""
+        if not frames:
+            return
+        if self.buffer:
+            head = self.buffer[0][0]
+        else:
+            head = self.in_flight.first_frame if self.in_flight is not None else self.frames_requested
+        self.buffer.extendleft((head - len(frames) + i, frame) for i, frame in reversed(list(enumerate(frames))))
 
     def next_wake(self, now: float, requesting: bool = True) -> float | None:
         """When the pacer must look again: the next frame is due or (`requesting`) the next request is."""
@@ -245,10 +279,14 @@ class PlaybackPolicy:
         self.in_flight = None
 
     def seconds_left(self, now: float) -> float | None:
-        """Seconds of video this world can still show (the buffer plus what the engine can make); None: endless."""
+        """Seconds of video this world can still show (the buffer plus what the engine can make); None: endless.
+
+        Counted in frames at the model's 16 fps, not in playback time: a countdown that never goes up, even
+        when a slow engine stretches the frame interval.
+        """
         if self.frames_left is None:
             return None
-        return self.remaining_s(now) + self.frames_left * FRAME_S
+        return (len(self.buffer) + self.frames_left) * FRAME_S
 
     def update_state(self, now: float, played: bool) -> str | None:
         """Move between generating, stalled and ended after a pacer tick; returns the new state when it changed."""

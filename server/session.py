@@ -1,13 +1,17 @@
 """A world (session): its engine state's handle, playback policy, thin pacer task, and listeners it emits to.
 
 A session does not know who watches it. It emits events (JSON-able dicts)
-and frames to its listeners (today: the connection that owns it; the
-interface allows several, e.g. viewers, each with its own channel), and it
-can outlive a listener. `opened` is a future that resolves with the
-engine's batching signature or raises OpenFailed; the owner calls
-`activate()` once it has switched to the session, and streaming starts.
-Prompt changes are coalesced: at most one in flight to the engine, at most
-one every `prompt_interval_s`, the latest wins.
+and frames to its listeners (the connection that owns it, its `holder`, and
+any viewers, each with its own channel), and it can outlive a listener.
+`opened` is a future that resolves with the engine's batching signature or
+raises OpenFailed; the owner calls `activate()` once it has switched to the
+session, and streaming starts. Prompt changes are coalesced: at most one in
+flight to the engine, at most one every `prompt_interval_s`, the latest wins.
+
+When its owner's connection drops, a world can be `detach`ed: keys are
+released, its clock (`WorldClock`) stands still, it asks for no chunks and
+shows no frames, and it keeps the frames its owner may have missed; `attach`
+gives it to a resumed connection, which first gets those frames again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections import deque
@@ -24,7 +29,9 @@ from typing import Protocol
 import numpy as np
 
 from inference import protocol as P
+from server.clock import WorldClock
 from server.playback import PlaybackPolicy, PlayedFrame
+from server.session_report import session_stats, session_summary
 
 log = logging.getLogger("front.session")
 
@@ -55,7 +62,7 @@ class OpenFailed(Exception):
 
 
 class SessionListener(Protocol):
-    """Who receives a session's output (the owning connection; later also viewers)."""
+    """Who receives a session's output (the owning connection and viewers)."""
 
     def session_event(self, session: "Session", event: dict) -> None: ...
 
@@ -77,11 +84,17 @@ class Session:
         self.replaces = replaces  # the world it will replace: that stream pays for engine time its open forces
         self.send_engine = send_engine  # callable(msg) -> None, raises EngineUnavailable
         self.metrics = metrics
-        self.clock = clock
-        self.created_at = clock()
+        self.clock = WorldClock(clock)  # stands still while the world is detached
+        self.created_at = self.clock()
         self.policy = PlaybackPolicy(first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                                      now=self.created_at)
         self.listeners: list[SessionListener] = []
+        self.holder: SessionListener | None = None  # the owner's connection (None while detached or being opened)
+        self.watch_id = secrets.token_urlsafe(12)  # read-only watch links name this, never the session id
+        self.detached_at: float | None = None  # wall time the owner's connection dropped (the world stands still)
+        self._backlog_first = 0  # index of _backlog[0] in the owner's stream
+        self._backlog: list[bytes] = []  # frames the dropped owner may not have received
+        self._last_path: dict | None = None
         self.opened: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.is_open = False  # the engine holds this world now
         self.active = False  # its owner switched to it: stream
@@ -121,6 +134,14 @@ class Session:
         for listener in list(self.listeners):
             listener.session_frame(self, jpeg)
 
+    @property
+    def viewers(self) -> int:
+        return sum(1 for listener in self.listeners if getattr(listener, "watching", None) is self)
+
+    @property
+    def detached(self) -> bool:
+        return self.detached_at is not None
+
     # -- lifecycle -----------------------------------------------------------
 
     def open(self, again: bool = False) -> None:
@@ -138,9 +159,10 @@ class Session:
                                        owner=f"{self.owner}/{self.id}" if again else self.owner,
                                        replaces="" if again else self.replaces))
 
-    def activate(self) -> None:
+    def activate(self, holder: SessionListener) -> None:
         """The owner switched to this world: start streaming (now, or when it is open)."""
         self.active = True
+        self.holder = holder
         if self.is_open:
             self.policy.start(self.clock())
             self._wake.set()
@@ -164,10 +186,46 @@ class Session:
             listener.session_closed(self)
         self.listeners.clear()
 
+    def detach(self, first_index: int, undelivered: list[bytes]) -> None:
+        """The owner's connection is gone: release keys, stand still, keep what the owner may have missed.
+
+        `undelivered` are frames of the owner's stream from index `first_index` on that may not have arrived.
+        """
+        self.holder = None
+        self.policy.release_keys(self.clock())
+        self.clock.pause()
+        self.detached_at = time.time()
+        self._backlog_first, self._backlog = first_index, undelivered
+        self.emit({"type": "status", "state": "paused", "session_id": self.id})
+        self._wake.set()
+
+    def attach(self, holder: SessionListener, frames_received: int) -> int:
+        """A resumed owner takes the world back; returns the stream index of the next frame it gets.
+
+        The owner received `frames_received` frames of its stream: the kept frames after those are played
+        first, at the normal pace, then the world goes on from where it stood.
+        """
+        skip = min(max(0, frames_received - self._backlog_first), len(self._backlog))
+        self.policy.replay(self._backlog[skip:])
+        self.policy.next_due = None  # the owner has waited long enough: its first frame goes out now
+        next_index = self._backlog_first + skip
+        self._backlog = []
+        self.detached_at = None
+        self.clock.resume()
+        self.holder = holder
+        self.subscribe(holder)
+        self.emit({"type": "status", "state": self.policy.state, "session_id": self.id})
+        self._wake.set()
+        return next_index
+
     # -- client input ----------------------------------------------------------
 
-    def key(self, key: str, down: bool, t: float) -> None:
-        self.policy.key(key, down, t)
+    def key(self, key: str, down: bool) -> None:
+        self.policy.key(key, down, self.clock())
+
+    def look(self, yaw_deg: float, pitch_deg: float) -> float:
+        """Turn by a look delta (played at the look keys' rate); returns the degrees cut by the backlog bound."""
+        return self.policy.look(yaw_deg, pitch_deg, self.clock())
 
     def release_keys(self) -> None:
         self.policy.release_keys(self.clock())
@@ -279,6 +337,11 @@ class Session:
         """Someone can take frames now (a stalled client's world asks the engine for nothing)."""
         return not self.listeners or any(listener.wants_frames() for listener in self.listeners)
 
+    @property
+    def last_path(self) -> dict | None:
+        """The path of the chunk shown last (a viewer joining mid-way starts its map with it)."""
+        return self._last_path
+
     def _request(self, now: float) -> None:
         req = self.policy.request(now)
         if req is None:
@@ -287,7 +350,8 @@ class Session:
             self.send_engine(P.StepChunk(session_id=self.id, chunk_index=req.seq,
                                          poses=np.ascontiguousarray(req.poses, dtype=np.float64).tobytes(),
                                          keys=np.ascontiguousarray(req.keys, dtype=np.float32).tobytes(),
-                                         num_frames=len(req.keys), deadline=req.deadline, requested_at=now))
+                                         num_frames=len(req.keys), deadline=self.clock.to_wall(req.deadline),
+                                         requested_at=self.clock.to_wall(now)))
         except Exception as exc:  # engine down (the hub re-opens the session when it is back) or its queue full
             self.policy.unsent(req)
             self._retry_at = now + RETRY_S
@@ -296,6 +360,10 @@ class Session:
     async def _pace(self) -> None:
         """Ask for chunks and show frames when the policy says; sleep until the next frame is due."""
         while True:
+            if self.detached:  # stands still until attach() wakes it
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             now = self.clock()
             wanted = now >= self._retry_at and self._wanted()
             if wanted:
@@ -321,6 +389,9 @@ class Session:
                 timer.cancel()
 
     def _show(self, frame: PlayedFrame, now: float) -> None:
+        if frame.path is not None:
+            self._last_path = frame.path
+            self.emit({"type": "path", **frame.path})
         self._emit_frame(frame.payload)
         self.metrics.frame_sent()
         for seconds in frame.latencies_s:
@@ -344,33 +415,8 @@ class Session:
         return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "last": round(self.latencies_ms[-1], 1)}
 
     def stats(self) -> dict:
-        now, pol = self.clock(), self.policy
-        latency = self.latency_ms()
-        return {"type": "stats", "fps": round(pol.fps(now), 2), "frames": pol.frames_played,
-                "chunk_ms": self.last_timings and round(self.last_timings.total_ms, 1),
-                "control_latency_ms": latency["p50"], "control_latency": latency,
-                "buffered": len(pol.buffer), "target_fps": round(1.0 / pol.interval_s, 2),
-                "engine_keeping_up": pol.keeping_up, "state": pol.state, "late_chunks": pol.late_chunks,
-                "stalled_s": round(pol.stalled_s(now), 2), "lead_ms": round(pol.lead_s() * 1000, 1),
-                "seconds_left": None if (left := pol.seconds_left(now)) is None else round(left, 1),
-                **self._frame_costs()}
+        return session_stats(self)
 
-    def _frame_costs(self) -> dict:
-        """Engine milliseconds per frame of the last chunk, split by stage."""
-        t = self.last_timings
-        if t is None:
-            return {}
-        n = max(1, self.policy.chunk_frames)
-        return {"model_ms_per_frame": round(t.model_ms / n, 2), "decode_ms_per_frame": round(t.decode_ms / n, 2),
-                "jpeg_ms_per_frame": round(t.jpeg_ms / n, 2), "batch": t.batch_size}
-
-    def summary(self, delivery: dict) -> dict:
+    def summary(self, delivery: dict, grace_left_s: float | None = None) -> dict:
         """/status view; `delivery` is the owner channel's {"dropped", "queue"}."""
-        s = self.stats()
-        return {"id": self.id, "state": s["state"] if self.is_open else "starting", "fps": s["fps"],
-                "frames": s["frames"], "drops": delivery.get("dropped", 0),
-                "control_latency_ms": s["control_latency"], "chunk_ms": s["chunk_ms"], "prompt": self.prompt,
-                "size": f"{self.params.width}*{self.params.height}", "age_s": round(self.clock() - self.created_at, 1),
-                "late_chunks": s["late_chunks"], "stalled_s": s["stalled_s"], "batch": s.get("batch"),
-                "prompt_changes": self.prompt_changes, "listeners": len(self.listeners)}
-
+        return session_summary(self, delivery, grace_left_s)

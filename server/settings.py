@@ -70,6 +70,8 @@ class Settings:
     test_frames_max: int = 2  # test frames rendering at once; more get 429 with Retry-After
     test_frame_timeout_s: float = 15.0  # a test frame that finds no engine time within this gets 503
     send_queue_frames: int = 8  # per-client outgoing frames before the oldest is dropped
+    resume_grace_s: float = 30.0  # a world whose connection dropped is kept this long for a resume (0 = never)
+    max_viewers_per_session: int = 8  # read-only watchers of one world; more get `busy` (0 = no watch links)
     jpeg_quality: int = 85
     engine_start_timeout_s: float = 600.0  # model load + warm-up budget before a restart
     engine_step_timeout_s: float = 60.0  # a chunk taking longer marks the engine hung
@@ -135,6 +137,8 @@ class Settings:
             test_frames_max=_int(env, "TEST_FRAMES_MAX", 2, 1, 64),
             test_frame_timeout_s=_float(env, "TEST_FRAME_TIMEOUT_S", 15.0, 0.1, 3600.0),
             send_queue_frames=_int(env, "SEND_QUEUE_FRAMES", 8, 1, 1024),
+            resume_grace_s=_float(env, "RESUME_GRACE_S", 30.0, 0.0, 3600.0),
+            max_viewers_per_session=_int(env, "MAX_VIEWERS_PER_SESSION", 8, 0, 1000),
             jpeg_quality=_int(env, "JPEG_QUALITY", 85, 10, 100),
             engine_start_timeout_s=_float(env, "ENGINE_START_TIMEOUT_S", 600.0, 1.0, 86_400.0),
             engine_step_timeout_s=_float(env, "ENGINE_STEP_TIMEOUT_S", 60.0, 0.5, 3600.0),

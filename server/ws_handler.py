@@ -7,33 +7,41 @@ while the current one keeps streaming, and only when the new world is open
 the switch. A refusal or a failed open leaves the current world running and
 says so (`"world": "kept"` in the error). The reader never waits on any of
 this, so keys keep steering the current world meanwhile.
+
+A connection may instead take an existing world (server/joins.py): `resume`
+continues its own world after a dropped connection, `watch` follows someone
+else's read-only. When the socket of a world's owner is lost (no clean close
+from the client, no close by the server's rules), the world is kept for
+RESUME_GRACE_S instead of closed (`SessionHub.keep`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import itertools
 import logging
 import secrets
-import socket
 import time
 
 from websockets.exceptions import ConnectionClosed
 
+from server import joins
 from server.admission import AdmissionBusy
 from server.channel import SEND_BUFFER_LIMIT, ClientChannel
 from server.engine_link import EngineUnavailable
 from server.hub import SessionHub
 from server.limits import MessageBudget, TokenBucket
-from server.messages import ClientError, Control, Init, Ping, PromptChange, Reset, parse_message
+from server.messages import (ClientError, Control, Init, Look, Ping, PromptChange, Reset, Resume, Watch,
+                             parse_message)
 from server.session import OpenFailed, Session, SessionParams
 
 log = logging.getLogger("front.ws")
 
 CLOSE_TIMEOUT_S = 5.0  # closing handshake; the writer is aborted after it
 RESET_RATE, RESET_BURST = 1.0, 3  # resets per second per connection (each restarts the stream with a first chunk)
+LOOK_RATE, LOOK_BURST = 40.0, 40  # look messages per second per connection (the page sends at most 30); more dropped
+CLEAN_CLOSE_CODES = (1000, 1001)  # a client that closes with these has left: its world is not kept
 SOCKET_SEND_BUFFER = 256 * 1024  # kernel send buffer per client (~5 frames): a stalled client is noticed in a second
 _ordinals = itertools.count(1)
 
@@ -50,22 +58,31 @@ class Connection:
         self.messages = MessageBudget(s.control_rate, s.control_burst)
         self.inits = TokenBucket(s.init_rate, s.init_burst)
         self.resets = TokenBucket(RESET_RATE, RESET_BURST)
-        self.session: Session | None = None
+        self.looks = TokenBucket(LOOK_RATE, LOOK_BURST)
+        self.session: Session | None = None  # the world this connection owns
+        self.watching: Session | None = None  # or the world it watches (read-only)
         self.init_task: asyncio.Task | None = None
         self.closing = False
+        self.world_ends = False  # the server closes this connection by its rules: its world is not kept
+        self.auth_token: str | None = None  # the access token its world was started or resumed with
         self.idle_since: float | None = time.monotonic()  # no world and no init pending since then
 
     # -- the session's listener ------------------------------------------------
 
     def session_event(self, session: Session, event: dict) -> None:
+        kind = event.get("type")
+        if session is self.watching:
+            if kind in ("stats", "status", "path"):
+                self.channel.send_json({**event, **self.delivery()} if kind == "stats" else event)
+            return
         # A world being opened behind the current one stays silent; with no current world its status shows.
-        if session is self.session or (self.session is None and event.get("type") in ("status", "error")):
-            if event.get("type") == "stats":
+        if session is self.session or (self.session is None and kind in ("status", "error")):
+            if kind == "stats":
                 event = {**event, **self.delivery()}
             self.channel.send_json(event)
 
     def session_frame(self, session: Session, jpeg: bytes) -> None:
-        if session is self.session:
+        if session is self.session or session is self.watching:
             dropped = self.channel.send_frame(jpeg)
             if dropped:
                 self.hub.metrics.frames_dropped(dropped)
@@ -74,6 +91,18 @@ class Connection:
         if session is self.session:
             self.session = None
             self._mark_idle()
+        elif session is self.watching:
+            self.watching = None
+            self.channel.send_json({"type": "status", "state": "ended",
+                                    "message": "the world you were watching has ended"})
+            self.close(1000, "world ended")
+
+    def watch_moved(self, new: Session) -> None:
+        """The watched world's owner started a new world: follow it."""
+        self.watching = new
+        self.channel.begin_stream(new)
+        new.subscribe(self)
+        self.channel.send_json(joins.watching_reply(new))
 
     def wants_frames(self) -> bool:
         return not self.channel.congested(time.monotonic())
@@ -101,7 +130,8 @@ class Connection:
                 log.warning("dropped %s (%s): %s", self.id, self.ws.remote_address, dropped_for)
                 self.hub.metrics.connections_dropped.labels(dropped_for).inc()
             self.closing = True
-            self._end_world()
+            left = getattr(self.ws, "close_code", None) in CLEAN_CLOSE_CODES and self.channel.close_code is None
+            self._end_world(keep=not (self.world_ends or left))
             await self.channel.finish(CLOSE_TIMEOUT_S)
 
     def _handle(self, raw) -> None:
@@ -127,12 +157,18 @@ class Connection:
                     raise
             elif isinstance(msg, Ping):
                 self.channel.send_json({"type": "pong", "t": msg.t})
+            elif isinstance(msg, (Resume, Watch)):
+                self._join(msg)
+            elif self.watching is not None:
+                raise ClientError("read_only", "this connection watches a world; it cannot steer it")
             elif self.session is None:
                 if self.init_task is None:
                     raise ClientError("not_initialized", "send an init message first")
                 # input before the first world exists is dropped
             elif isinstance(msg, Control):
-                self.session.key(msg.key, msg.down, time.time())
+                self.session.key(msg.key, msg.down)
+            elif isinstance(msg, Look):
+                self._look(msg)
             elif isinstance(msg, PromptChange):
                 self.session.set_prompt(msg.prompt)
             elif isinstance(msg, Reset):
@@ -147,6 +183,56 @@ class Connection:
                 self.error(exc.code, exc.message)
         except EngineUnavailable as exc:  # e.g. the engine restarts: tell the client, keep going
             self.error("engine_failed", f"the engine could not take the request: {exc}")
+
+    def _look(self, msg: Look) -> None:
+        if not self.looks.take():
+            if self.looks.should_report():
+                self.error("rate_limited", f"more than {LOOK_RATE:g} look messages/s; add deltas up and send "
+                                           "them less often")
+            return
+        self.session.look(msg.yaw, msg.pitch)
+
+    def _join(self, msg: Resume | Watch) -> None:
+        """`resume` or `watch`: take an existing world (spends the init budget: each is a world lookup)."""
+        if self.watching is not None or self.session is not None or self.init_task is not None:
+            raise ClientError("bad_field", f"{'resume' if isinstance(msg, Resume) else 'watch'} needs a connection "
+                                           "without a world; open a new connection for it")
+        if not self.inits.take():
+            if self.inits.should_report():
+                self.error("rate_limited", f"at most {self.settings.init_burst} inits, resumes or watches at once, "
+                                           f"then one every {1 / self.settings.init_rate:g} s (INIT_RATE)")
+            return
+        if not self._authorised(msg.token):
+            return
+        if isinstance(msg, Resume):
+            joins.resume(self, msg)
+        else:
+            joins.watch(self, msg)
+
+    def _authorised(self, given: str | None) -> bool:
+        """Check the access token (AUTH_TOKEN); a wrong one is told and closed (1008)."""
+        token = self.settings.auth_token
+        if token and not (given and hmac.compare_digest(given.encode(), token.encode())):
+            self.error("unauthorized", "missing or wrong token")
+            self.close(1008, "unauthorized")
+            return False
+        return True
+
+    def take_world(self, session: Session, stream_index: int) -> None:
+        """Own `session` (a resumed one): its frames are counted from `stream_index` on this channel."""
+        self.session = session
+        self.idle_since = None
+        self.channel.begin_stream(session, stream_index)
+
+    def give_up_world(self, why: str) -> None:
+        """Another connection resumed this connection's world: hand it over (kept undelivered frames) and close."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.unsubscribe(self)
+            first, frames = self.channel.undelivered()
+            session.detach(first, frames)
+        self.error("resumed_elsewhere", why)
+        self.close(1000, "resumed elsewhere")
 
     # -- init -----------------------------------------------------------------
 
@@ -165,10 +251,9 @@ class Connection:
 
     def _init(self, msg: Init) -> None:
         """Check every field, then start the init task (replacing a pending one); nothing is torn down here."""
-        token = self.settings.auth_token
-        if token and not (msg.token and hmac.compare_digest(msg.token.encode(), token.encode())):
-            self.error("unauthorized", "missing or wrong token")
-            self.close(1008, "unauthorized")
+        if self.watching is not None:
+            raise ClientError("read_only", "this connection watches a world; open a new connection to start one")
+        if not self._authorised(msg.token):
             return
         size, width, height = self._size(msg.size)
         if not self.inits.take():
@@ -203,7 +288,7 @@ class Connection:
             except OpenFailed as exc:
                 self._open_failed(exc)
                 return
-            self._switch(new)
+            self._switch(new, msg)
             new = None
         finally:
             self.hub.release(ticket)
@@ -214,17 +299,16 @@ class Connection:
                 self.init_task = None
                 self._mark_idle()
 
-    def _switch(self, new: Session) -> None:
+    def _switch(self, new: Session, init: Init) -> None:
         """Make the freshly opened world the connection's; the old one stops now (make-before-break)."""
         old = self.session
-        self.channel.drop_frames()
+        self.channel.begin_stream(new)
         self.session = new
-        p = new.params
-        self.channel.send_json({"type": "session", "session_id": new.id, "prompt": new.prompt,
-                                "width": p.width, "height": p.height, "fps": 16, "engine": p.engine,
-                                "seed": p.seed, "replaced": old.id if old else None})
-        new.activate()
+        self.auth_token = init.token if self.settings.auth_token else None
+        self.channel.send_json({**joins.world_reply(self, new, "session"), "replaced": old.id if old else None})
+        new.activate(self)
         if old is not None:
+            self.hub.move_viewers(old, new)
             old.unsubscribe(self)
             self.hub.close_session(old)
 
@@ -260,32 +344,40 @@ class Connection:
     # -- ending ---------------------------------------------------------------
 
     def _mark_idle(self) -> None:
-        if self.session is None and self.init_task is None and self.idle_since is None:
+        if self.session is None and self.watching is None and self.init_task is None and self.idle_since is None:
             self.idle_since = time.monotonic()
 
-    def _end_world(self) -> None:
-        """Cancel the pending init and free the current world (engine time and admission place)."""
+    def _end_world(self, keep: bool) -> None:
+        """Cancel the pending init, stop watching, and keep (`keep`, when it can be kept) or free the world."""
         if self.init_task is not None:
             self.init_task.cancel()
+        if self.watching is not None:
+            self.watching.unsubscribe(self)
+            self.watching = None
         session, self.session = self.session, None
-        if session is not None:
-            session.unsubscribe(self)
-            self.hub.close_session(session)
+        if session is None:
+            return
+        session.unsubscribe(self)
+        first, frames = self.channel.undelivered()
+        if not (keep and self.hub.keep(session, first, frames)):
+            reason = "ended" if not keep else "not_kept" if session.is_open else "engine_restarted"
+            self.hub.close_session(session, reason)
 
     def close(self, code: int, reason: str) -> None:
         """Close after the messages already queued (the client reads why first); the world is freed now."""
         if self.closing:
             return
         self.closing = True
-        self._end_world()
+        self.world_ends = True
+        self._end_world(keep=False)
         self.channel.close(code, reason)
 
     def abort(self, reason: str, why: str) -> None:
-        """The client takes no data: drop the connection and free its world now."""
+        """The client takes no data: drop the connection; its world is kept for a resume (a network may blip)."""
         log.warning("dropping %s (%s): %s", self.id, self.ws.remote_address, why)
         self.hub.metrics.connections_dropped.labels(reason).inc()
         self.closing = True
-        self._end_world()
+        self._end_world(keep=True)
         self.channel.abort()
 
     def check(self, now: float) -> None:
@@ -301,44 +393,3 @@ class Connection:
                                           "(INIT_TIMEOUT_S); closing", idle=True)
             self.hub.metrics.connections_dropped.labels("idle").inc()
             self.close(1008, "no init")
-
-
-class ConnectionRegistry:
-    """Every open connection, and the watchdog task that checks them twice a second."""
-
-    def __init__(self, hub: SessionHub):
-        self.hub = hub
-        self.connections: set[Connection] = set()
-        s = hub.settings
-        self.period_s = min(0.5, s.init_timeout_s / 4, s.slow_client_timeout_s / 4)
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="connection-watchdog")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.period_s)
-            now = time.monotonic()
-            for conn in list(self.connections):
-                conn.check(now)
-
-    async def handle(self, ws) -> None:
-        """websockets handler: one Connection per socket."""
-        sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
-        if sock is not None:  # the default autotuned buffer would hide a stalled reader behind megabytes
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
-        conn = Connection(ws, self.hub)
-        self.connections.add(conn)
-        try:
-            with contextlib.suppress(ConnectionClosed):
-                await conn.serve()
-        finally:
-            self.connections.discard(conn)

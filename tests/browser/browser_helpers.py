@@ -9,14 +9,14 @@ import numpy as np
 AUTH_TOKEN_FOR_TESTS = "browser-test-token"
 
 # Shrinks the canvas to a small thumbnail so comparisons ignore JPEG noise and stay cheap.
-_SAMPLE_JS = """() => {
+_SAMPLE_JS = """([w, h]) => {
   const view = document.getElementById('view');
   const thumb = document.createElement('canvas');
-  thumb.width = 64; thumb.height = 36;
+  thumb.width = w; thumb.height = h;
   const ctx = thumb.getContext('2d');
-  ctx.drawImage(view, 0, 0, 64, 36);
+  ctx.drawImage(view, 0, 0, w, h);
   return {drawn: window.__worldDebug.frames.drawn,
-          pixels: Array.from(ctx.getImageData(0, 0, 64, 36).data)};
+          pixels: Array.from(ctx.getImageData(0, 0, w, h).data)};
 }"""
 
 
@@ -39,10 +39,10 @@ def start_world(page, min_frames: int = 3):
         f"() => window.__worldDebug.frames.drawn >= {min_frames}", timeout=30000)
 
 
-def sample(page) -> tuple[int, np.ndarray]:
-    """(frames drawn so far, RGB thumbnail of the canvas as float32 (36, 64, 3))."""
-    result = page.evaluate(_SAMPLE_JS)
-    rgba = np.asarray(result["pixels"], dtype=np.float32).reshape(36, 64, 4)
+def sample(page, width: int = 64, height: int = 36) -> tuple[int, np.ndarray]:
+    """(frames drawn so far, RGB thumbnail of the canvas as float32 (height, width, 3))."""
+    result = page.evaluate(_SAMPLE_JS, [width, height])
+    rgba = np.asarray(result["pixels"], dtype=np.float32).reshape(height, width, 4)
     return result["drawn"], rgba[..., :3]
 
 
@@ -56,11 +56,31 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 
 
-def wait_for_picture(page, condition, timeout_s: float = 15.0) -> np.ndarray:
+def wait_for_picture(page, condition, timeout_s: float = 15.0, size: tuple[int, int] = (64, 36)) -> np.ndarray:
     """Sample the canvas until `condition(thumbnail)` holds; returns that thumbnail (or the last one)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        _, pixels = sample(page)
+        _, pixels = sample(page, *size)
         if condition(pixels) or time.monotonic() > deadline:
             return pixels
         page.wait_for_timeout(200)
+
+
+def horizontal_shift(before: np.ndarray, after: np.ndarray, most: int = 40) -> tuple[int, float]:
+    """(s, error): the picture moved s columns to the left from `before` to `after` (negative: to the right).
+
+    A camera turning right moves what it sees to the left. Only the upper half is compared: the sky and
+    far hills move almost as a whole under a turn, the near ground much less.
+    """
+    top = before.shape[0] // 2
+    a, b = before[:top], after[:top]
+    width = a.shape[1]
+    best = (0, float("inf"))
+    for s in range(-most, most + 1):
+        if s >= 0:
+            err = float(np.abs(a[:, s:] - b[:, :width - s]).mean())
+        else:
+            err = float(np.abs(a[:, :s] - b[:, -s:]).mean())
+        if err < best[1]:
+            best = (s, err)
+    return best

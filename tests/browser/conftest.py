@@ -36,6 +36,12 @@ def own_server(tmp_path):
 
 
 @pytest.fixture
+def grace_server(tmp_path):
+    """A server that keeps a dropped world for 3 s (RESUME_GRACE_S)."""
+    yield from _start_server(tmp_path, {"RESUME_GRACE_S": "3"})
+
+
+@pytest.fixture
 def auth_server(tmp_path):
     """A server that requires the access token `AUTH_TOKEN_FOR_TESTS`."""
     yield from _start_server(tmp_path, {"AUTH_TOKEN": AUTH_TOKEN_FOR_TESTS})

@@ -36,6 +36,13 @@ CORPUS = [
     ('{"type": "ping", "t": 1e400}', "bad_field"),  # parses as infinity: never echoed as non-JSON
     ('{"type": "ping", "t": -1e400}', "bad_field"),
     ('{"type": "ping", "t": 1' + "0" * 400 + '}', "bad_field"),
+    ('{"type": "look", "yaw": "left"}', "bad_field"),
+    ('{"type": "look", "yaw": 1e400}', "bad_field"),
+    ('{"type": "look", "pitch": 720}', "bad_field"),
+    ('{"type": "look", "yaw": true}', "bad_field"),
+    ('{"type": "watch", "watch_id": ""}', "bad_field"),
+    ('{"type": "watch", "watch_id": "' + "w" * 200 + '"}', "bad_field"),
+    ('{"type": "resume", "resume_token": "abc", "frames": 1.5}', "bad_field"),
 ]
 
 INIT_CORPUS = [
@@ -57,10 +64,10 @@ def _errors(got):
 
 
 def test_messages_before_init_are_not_initialized(server):
-    """control, prompt and reset before init get not_initialized; ping still answers."""
+    """control, prompt, reset and look before init get not_initialized; ping still answers."""
     with connect(server.ws_url) as ws:
         for msg in ({"type": "control", "key": "w", "action": "down"}, {"type": "prompt", "prompt": "x"},
-                    {"type": "reset"}):
+                    {"type": "reset"}, {"type": "look", "yaw": 3}):
             ws.send(json.dumps(msg))
             assert _errors(receive(ws, 5, until_type="error")) == ["not_initialized"]
         ws.send(json.dumps({"type": "ping", "t": 12.5}))

@@ -110,26 +110,36 @@ def test_the_engine_asking_for_lead_makes_the_session_buffer_more_then_less_agai
     assert pol.remaining_s(6.0) < 0.4
 
 
-def test_a_world_with_a_length_limit_stops_asking_and_ends_without_a_stall():
-    """frames_left counts down: no request once it is 0, the buffer plays out, state 'ended' (never stalled)."""
+@pytest.mark.parametrize("rtt", [0.05, 0.6])  # 0.6 s per 4-frame chunk: playback slows, the interval stretches
+def test_a_world_with_a_length_limit_stops_asking_and_ends_without_a_stall(rtt):
+    """frames_left counts down: no request once it is 0, the buffer plays out, state 'ended' (never stalled);
+    seconds_left is the frames not yet shown at 16 fps and never goes up, however slow the engine."""
     pol = PlaybackPolicy(first_chunk_frames=4, chunk_frames=4, now=0.0)
     pol.start(0.0)
     left, t, requests, shown = 16, 0.0, 0, 0
-    states = []
-    while t < 5.0:
+    states, pending, countdown = [], None, []
+    while t < 12.0:
         req = pol.request(t)
         if req is not None:
             requests += 1
             left -= len(req.keys)
-            pol.on_chunk(req.seq, [b"jpeg"] * len(req.keys), t + 0.05, 0.0, frames_left=left)
-            assert pol.seconds_left(t + 0.05) == pytest.approx(pol.remaining_s(t + 0.05) + left * FRAME_S)
+            pending = (t + rtt, req, left)
+        if pending is not None and t >= pending[0]:
+            _, req, after = pending
+            pending = None
+            pol.on_chunk(req.seq, [b"jpeg"] * len(req.keys), t, 0.0, frames_left=after)
         played = pol.due_frame(t)
         shown += played is not None
         change = pol.update_state(t, played is not None)
         if change:
             states.append(change)
+        if pol.frames_left is not None:
+            countdown.append(pol.seconds_left(t))
+            assert countdown[-1] == pytest.approx((len(pol.buffer) + pol.frames_left) * FRAME_S)
         t += TICK
     assert requests == 4 and shown == 16  # 4 chunks reach frames_left 0; nothing is asked for after that
+    assert all(a >= b for a, b in zip(countdown, countdown[1:])) and countdown[-1] == 0.0
+    assert rtt < 0.5 or pol.interval_s > FRAME_S  # the slow case did stretch playback
     assert states == ["generating", "ended"] and pol.stalled_s(t) == 0.0
     pol.restart(t)
     assert pol.frames_left is None and pol.request(t) is not None  # a reset streams again
