@@ -61,6 +61,7 @@ class ServerProcess:
             if not wait_ready or self.get("/ready")[0] == 200:
                 return self
             time.sleep(0.1)
+        self.stop()  # never leave a server that did not come up running (it would restart its engine for ever)
         raise RuntimeError(f"server not ready in {READY_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def url(self, path: str) -> str:
@@ -116,9 +117,9 @@ def server_factory(tmp_path):
     started: list[ServerProcess] = []
 
     def make(**env: str) -> ServerProcess:
-        srv = ServerProcess(tmp_path / f"run{len(started)}", {k: str(v) for k, v in env.items()}).start()
-        started.append(srv)
-        return srv
+        srv = ServerProcess(tmp_path / f"run{len(started)}", {k: str(v) for k, v in env.items()})
+        started.append(srv)  # before start: a server that fails to come up is stopped too
+        return srv.start()
 
     yield make
     for srv in started:
