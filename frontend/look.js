@@ -64,7 +64,8 @@ export class MouseLook {
       if (!this.locked) this.sender.clear();
       this.onChange(this.locked);
     });
-    document.addEventListener("pointerlockerror", () => this.onChange(false));
+    // The hint follows the lock itself: a late error or rejection may come after the lock was taken.
+    document.addEventListener("pointerlockerror", () => this.onChange(this.locked));
     document.addEventListener("mousemove", (event) => {
       if (!this.locked || !this.enabled()) return;
       // Right and up are positive: moving the mouse up looks up.
@@ -78,7 +79,7 @@ export class MouseLook {
   lock() {
     try {
       const pending = this.canvas.requestPointerLock();
-      if (pending && pending.catch) pending.catch(() => this.onChange(false));
+      if (pending && pending.catch) pending.catch(() => this.onChange(this.locked));
     } catch {
       this.onChange(false); // no pointer lock here (some embedded browsers): keys and pads still steer
     }
