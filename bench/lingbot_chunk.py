@@ -25,18 +25,15 @@ from inference.engine.base import SessionSpec  # noqa: E402
 from inference.engine.frames import encode_jpeg  # noqa: E402
 from inference.lingbot.engine import LingbotFastEngine  # noqa: E402
 from inference.lingbot.pipeline import ChunkRequest  # noqa: E402
+from inference.tools.engine_probe import walk  # noqa: E402
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
 
 def chunk_request(engine: LingbotFastEngine, session_id: str, step: int) -> ChunkRequest:
     """The next chunk of a session walking forward (W held) at 0.05 per frame."""
     session = engine.sessions[session_id]
-    frames = session.expected_frames()
     done = 0 if session.chunks == 0 else 9 + 12 * (session.chunks - 1)
-    poses = np.broadcast_to(np.eye(4), (frames, 4, 4)).copy()
-    poses[:, 2, 3] = 0.05 * (done + np.arange(frames))
-    keys = np.zeros((frames, 8), np.float32)
-    keys[:, 0] = 1.0
+    poses, keys = walk(session.expected_frames(), done)
     return ChunkRequest(session=session, poses=poses, keys=keys)
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from inference.engine.base import ChunkWork, EngineUserError, SessionSpec
 from inference.lingbot.engine import LingbotFastEngine
+from inference.tools.engine_probe import walk as engine_walk
 from inference.tools.make_tiny_checkpoint import make_tiny_checkpoint
 
 SIZE = (48, 32)
@@ -28,12 +29,8 @@ def open_session(eng: LingbotFastEngine, session_id: str, seed: int = 1) -> None
 def walk(eng: LingbotFastEngine, session_id: str, chunk_index: int) -> ChunkWork:
     """The next chunk of a camera walking forward 0.05 per frame (poses continue across chunks)."""
     session = eng.sessions[session_id]
-    frames = session.expected_frames()
     done = 0 if session.chunks == 0 else 9 + 12 * (session.chunks - 1)
-    poses = np.broadcast_to(np.eye(4), (frames, 4, 4)).copy()
-    poses[:, 2, 3] = 0.05 * (done + np.arange(frames))
-    keys = np.zeros((frames, 8), np.float32)
-    keys[:, 0] = 1.0
+    poses, keys = engine_walk(session.expected_frames(), done)
     return ChunkWork(session_id=session_id, chunk_index=chunk_index, poses=poses, keys=keys)
 
 
