@@ -51,9 +51,10 @@ def engine_load(open_sizes: list[str], capacity: dict[str, float]) -> float:
 def fits_capacity(open_sizes: list[str], size: str, capacity: dict[str, float], target: float = TARGET_LOAD) -> bool:
     """True when one more `size` session keeps the engine's load within `target` (the first always fits).
 
-    Every open session must be measured first (that takes its first few
-    chunks), so a burst of inits is admitted one measurement at a time. A
-    size not measured yet counts as the costliest open size.
+    Every open size must be measured first (the hub also waits until each
+    open world has streamed a few chunks, so a burst of inits is admitted one
+    measurement at a time). A size not measured yet counts as the costliest
+    open size.
     """
     if not open_sizes:
         return True

@@ -12,7 +12,7 @@ from server.admission import AdmissionBusy, AdmissionQueue, Waiting, capacity_by
 from server.engine_link import EngineSupervisor, EngineUnavailable
 from server.metrics import FrontMetrics
 from server.resume import ResumeBook
-from server.session import Session, SessionParams
+from server.session import SETTLE_CHUNKS, Session, SessionParams
 from server.settings import Settings
 from server.testframe import TestFrames
 
@@ -73,7 +73,15 @@ class SessionHub:
         sizes += list(self.reserved.values())
         if len(sizes) >= self.settings.max_sessions:
             return False
-        return self.settings.admission_capacity != "measured" or fits_capacity(sizes, size, self.capacity())
+        if self.settings.admission_capacity != "measured":
+            return True
+        # One world at a time: the capacity is measured on the worlds that run, and a world that has not streamed
+        # for long (or is still being made) is not in it yet. Its cost grows with the number of worlds (the front,
+        # the render workers and other processes on the same cores share them), so admitting a burst on a
+        # measurement of one world would overshoot.
+        if self.reserved or any(not s.settled() for s in self.sessions.values() if s is not replacing):
+            return False
+        return fits_capacity(sizes, size, self.capacity())
 
     async def admit(self, owner: object, size: str, *, replacing: Session | None, notify) -> None:
         """Return once `owner` may open a `size` world (a place is reserved for it); raises AdmissionBusy."""
@@ -216,6 +224,8 @@ class SessionHub:
             return
         if isinstance(msg, P.ChunkReady):
             s.on_chunk(msg, payloads)
+            if s.chunks_received == SETTLE_CHUNKS and len(self.admission):  # now measured: the next may fit
+                self.admit_waiting()
         elif isinstance(msg, P.SessionOpened):
             s.on_opened(msg.signature, msg.prompt)
         elif isinstance(msg, P.PromptChanged):

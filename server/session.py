@@ -39,6 +39,10 @@ LATENCY_KEEP = 256
 IDLE_POLL_S = 0.05  # pacer wake-up while there is nothing to show (stall detection)
 RETRY_S = 0.25  # wait before asking again when a chunk request could not be sent
 ENDING_WARN_S = 30.0  # a world with a length limit warns its client this long before the end
+# A new world's cost shows in the engine's step times once it has streamed this many chunks (the step-time
+# average has mostly moved to the new load); measured admission waits for that before admitting the next.
+SETTLE_CHUNKS = 8
+SETTLE_MAX_S = 10.0  # ... or this long after it was made (a world that streams nothing does not hold admission)
 
 
 @dataclass(kw_only=True)
@@ -107,6 +111,7 @@ class Session:
         self._next_prompt_at = 0.0
         self._prompt_timer: asyncio.TimerHandle | None = None
         self.last_timings: P.ChunkTimings | None = None
+        self.chunks_received = 0  # chunks the engine made for this world (admission waits for a few)
         self._stalls_counted_s = 0.0
         self._retry_at = 0.0
         self._ending_told = False  # the "ending" warning went out for this stream
@@ -141,6 +146,12 @@ class Session:
     @property
     def detached(self) -> bool:
         return self.detached_at is not None
+
+    def settled(self) -> bool:
+        """Whether the engine's measurements include this world's cost: it streamed SETTLE_CHUNKS chunks (or is
+        detached, and costs nothing, or is older than SETTLE_MAX_S)."""
+        return (self.detached or self.chunks_received >= SETTLE_CHUNKS
+                or self.clock() - self.created_at >= SETTLE_MAX_S)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -286,6 +297,7 @@ class Session:
         now = self.clock()
         if not self.policy.on_chunk(msg.chunk_index, jpegs, now, msg.lead_s, msg.frames_left):
             return  # a chunk from before a reset or restart
+        self.chunks_received += 1
         left = self.policy.seconds_left(now)
         if left is not None and left <= ENDING_WARN_S and not self._ending_told:
             self._ending_told = True
