@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
 from inference import protocol as P
-from server.admission import AdmissionBusy, AdmissionQueue, Waiting, capacity_by_size, fits_capacity
+from server.admission import (
+    TARGET_LOAD, AdmissionBusy, AdmissionQueue, Waiting, capacity_by_size, engine_load, fits_capacity,
+)
 from server.engine_link import EngineSupervisor, EngineUnavailable
 from server.metrics import FrontMetrics
 from server.resume import ResumeBook
@@ -17,6 +20,8 @@ from server.settings import Settings
 from server.testframe import TestFrames
 
 log = logging.getLogger("front.hub")
+
+ADMITTED_KEEP = 32  # admissions shown in /status with the load they were judged on
 
 
 class SessionHub:
@@ -32,6 +37,7 @@ class SessionHub:
         self._grace: dict[str, asyncio.TimerHandle] = {}  # session id -> end of its grace (detached worlds)
         self.admission = AdmissionQueue(settings.max_queue)
         self.reserved: dict[object, str] = {}  # owner -> size of an admitted init whose session is not made yet
+        self.admitted: deque[dict] = deque(maxlen=ADMITTED_KEEP)  # the latest admissions and what they were judged on
         self.started_at = time.time()
         self.sessions_started = 0
         self.last_error: str | None = None
@@ -67,10 +73,13 @@ class SessionHub:
             return {}
         return capacity_by_size(beat.batching)
 
+    def _open_sizes(self, replacing: Session | None) -> list[str]:
+        sizes = [f"{s.params.width}*{s.params.height}" for s in self.sessions.values() if s is not replacing]
+        return sizes + list(self.reserved.values())
+
     def has_room(self, size: str, replacing: Session | None = None) -> bool:
         """One more `size` session (taking `replacing`'s place) stays within MAX_SESSIONS and the capacity."""
-        sizes = [f"{s.params.width}*{s.params.height}" for s in self.sessions.values() if s is not replacing]
-        sizes += list(self.reserved.values())
+        sizes = self._open_sizes(replacing)
         if len(sizes) >= self.settings.max_sessions:
             return False
         if self.settings.admission_capacity != "measured":
@@ -87,7 +96,7 @@ class SessionHub:
         """Return once `owner` may open a `size` world (a place is reserved for it); raises AdmissionBusy."""
         self.release(owner)
         if not len(self.admission) and self.has_room(size, replacing):
-            self.reserved[owner] = size
+            self._reserve(owner, size, replacing)
             return
         if self.settings.admission == "reject" or self.admission.full:
             raise AdmissionBusy(self.busy_reason())
@@ -101,6 +110,14 @@ class SessionHub:
             if not entry.future.done() or entry.future.cancelled():
                 self.release(owner)
 
+    def _reserve(self, owner: object, size: str, replacing: Session | None) -> None:
+        """Hold a place for an admitted init, and remember what the admission was judged on (/status)."""
+        sizes, capacity = self._open_sizes(replacing), self.capacity()
+        self.reserved[owner] = size
+        self.admitted.append({"at": round(time.time(), 3), "size": size, "open": len(sizes),
+                              "capacity": capacity.get(size),
+                              "load": round(engine_load(sizes + [size], capacity), 3) if capacity else None})
+
     def release(self, owner: object) -> None:
         """Forget the owner's queue place and reservation (it left, sent another init, or made its session)."""
         self.reserved.pop(owner, None)
@@ -112,7 +129,7 @@ class SessionHub:
         while (head := self.admission.head()) is not None and self.has_room(head.size, head.replacing):
             self.admission.pop_head()
             if not head.future.done():
-                self.reserved[head.owner] = head.size
+                self._reserve(head.owner, head.size, head.replacing)
                 head.future.set_result(None)
         self.metrics.sessions_queued.set(len(self.admission))
 
@@ -303,7 +320,8 @@ class SessionHub:
             "watch": {"max_viewers_per_session": self.settings.max_viewers_per_session},
             "admission": {"mode": self.settings.admission, "max_queue": self.settings.max_queue,
                           "capacity_check": self.settings.admission_capacity, "capacity": self.capacity(),
-                          "queue": self.admission.summary()},
+                          "target_load": TARGET_LOAD, "queue": self.admission.summary(),
+                          "admitted": list(self.admitted)},
             "upsampler": self.upsampler.status() if self.upsampler else {"state": "disabled"},
             "last_error": self.last_error,
         }

@@ -229,17 +229,20 @@ def test_fifty_inits_at_once_are_admitted_only_within_the_measured_capacity(serv
         status = srv.json("/status")
         outcomes = [c.outcome() for c in clients]
         capacity = status["admission"]["capacity"].get("832*480")
-        opened = sorted(c.session_at for c in clients if c.session_at is not None)
         report("50 inits", honest_fps=rate.fps, control_fps=control.fps, max_gap_s=rate.max_gap_s, capacity=capacity,
                sessions=len(status["sessions"]), outcomes={o: outcomes.count(o) for o in set(outcomes)},
-               admitted_every_s=[round(b - a, 2) for a, b in zip(opened, opened[1:])])
+               admitted=[(a["open"], a["load"]) for a in status["admission"]["admitted"]])
         assert outcomes.count("busy") >= 50 - 16 - 8 and "" not in outcomes, outcomes
-        # capacity is a moving estimate (step times of the sessions running): each admission used the estimate of
-        # its moment, which may have been up to ~15% above the one read here at the end
-        assert capacity and len(status["sessions"]) <= 1.15 * max(1.0, 0.9 * capacity) + 1, (capacity, status["sessions"])
+        # capacity is a moving estimate (step times of the sessions running): each admission is judged on the
+        # estimate of its moment, which /status keeps with it; every one after the first kept the load in target
+        admitted = status["admission"]["admitted"]
+        assert capacity and len(admitted) >= len(status["sessions"]) > outcomes.count("session"), admitted
+        later = [a for a in admitted if a["open"] > 0]
+        assert all(a["load"] is not None and a["load"] <= status["admission"]["target_load"] for a in later), admitted
         # one world at a time: the next is admitted only once the last streamed long enough to be measured
-        # (SETTLE_CHUNKS chunks: 2 s of video; a burst admitted on one measurement opens them within milliseconds)
-        assert all(b - a >= 1.0 for a, b in zip(opened, opened[1:])), [round(b - a, 2) for a, b in zip(opened, opened[1:])]
+        # (SETTLE_CHUNKS chunks: 2 s of video; a burst admitted on one measurement is admitted within milliseconds)
+        at = [a["at"] for a in admitted]
+        assert all(b - a >= 1.0 for a, b in zip(at, at[1:])), [round(b - a, 2) for a, b in zip(at, at[1:])]
         held, after = honest.kept_up(rate, control, end_attack=lambda: [c.close() for c in clients])
         assert held, (rate, control, after)
     finally:
@@ -257,7 +260,6 @@ class _attacker:
         self.ws = open_ws(srv.ws_url, max_size=None, open_timeout=20)
         self.ws.send(json.dumps({"type": "init", "prompt": LOOKS[i % len(LOOKS)], "seed": 500 + i}))
         self.messages: list[dict] = []
-        self.session_at: float | None = None  # when its world opened
         self.closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -274,8 +276,6 @@ class _attacker:
                 return
             if isinstance(msg, str):
                 self.messages.append(json.loads(msg))
-                if self.messages[-1]["type"] == "session":
-                    self.session_at = time.monotonic()
 
     def outcome(self) -> str:
         types = {m["type"]: m for m in self.messages}
