@@ -60,8 +60,14 @@ def fits_capacity(open_sizes: list[str], size: str, capacity: dict[str, float], 
         return True
     if any(not capacity.get(s) for s in open_sizes):
         return False
-    share = 1.0 / capacity[size] if capacity.get(size) else max(1.0 / capacity[s] for s in open_sizes)
-    return engine_load(open_sizes, capacity) + share <= target + 1e-9
+    return load_with(open_sizes, size, capacity) <= target + 1e-9
+
+
+def load_with(open_sizes: list[str], size: str, capacity: dict[str, float]) -> float:
+    """The engine's load with one more `size` session (a size not measured yet counts as the costliest open size)."""
+    measured = [1.0 / capacity[s] for s in open_sizes if capacity.get(s)]
+    share = 1.0 / capacity[size] if capacity.get(size) else max(measured, default=0.0)
+    return engine_load(open_sizes, capacity) + share
 
 
 class AdmissionQueue:

@@ -10,7 +10,7 @@ from collections import deque
 
 from inference import protocol as P
 from server.admission import (
-    TARGET_LOAD, AdmissionBusy, AdmissionQueue, Waiting, capacity_by_size, engine_load, fits_capacity,
+    TARGET_LOAD, AdmissionBusy, AdmissionQueue, Waiting, capacity_by_size, fits_capacity, load_with,
 )
 from server.engine_link import EngineSupervisor, EngineUnavailable
 from server.metrics import FrontMetrics
@@ -116,7 +116,7 @@ class SessionHub:
         self.reserved[owner] = size
         self.admitted.append({"at": round(time.time(), 3), "size": size, "open": len(sizes),
                               "capacity": capacity.get(size),
-                              "load": round(engine_load(sizes + [size], capacity), 3) if capacity else None})
+                              "load": round(load_with(sizes, size, capacity), 3) if capacity else None})
 
     def release(self, owner: object) -> None:
         """Forget the owner's queue place and reservation (it left, sent another init, or made its session)."""

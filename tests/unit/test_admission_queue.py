@@ -2,7 +2,9 @@
 
 import asyncio
 
-from server.admission import AdmissionQueue, Waiting, fits_capacity
+import pytest
+
+from server.admission import AdmissionQueue, Waiting, fits_capacity, load_with
 
 
 def entry(owner: str, told: list, loop: asyncio.AbstractEventLoop) -> Waiting:
@@ -26,6 +28,10 @@ def test_an_unmeasured_session_holds_the_next_init_and_an_unmeasured_size_counts
     assert not fits_capacity(["small", "fresh"], "small", capacity)
     assert fits_capacity(["small"], "unmeasured", capacity)  # 0.2 + 0.2
     assert not fits_capacity(["big", "small"], "unmeasured", capacity)  # 0.6 + 0.4
+    # the load /status records with each admission is the one judged here
+    assert load_with(["big", "small"], "unmeasured", capacity) == pytest.approx(1.0)
+    assert load_with(["small"], "big", capacity) == pytest.approx(0.6)
+    assert load_with([], "unmeasured", capacity) == 0.0
 
 
 def test_queue_numbers_from_one_refuses_past_its_bound_and_moves_everyone_up():
