@@ -145,9 +145,10 @@ class Received:
         return [m for m in self.messages if m.get("type") == kind]
 
 
-def receive(ws, seconds: float = 1.0, *, frames: int | None = None, until_type: str | None = None,
+def receive(ws, seconds: float = 1.0, *, frames: int | None = None, until_type: str | tuple[str, ...] | None = None,
             into: Received | None = None) -> Received:
-    """Read for `seconds`, or until `frames` frames / a message of `until_type` arrived."""
+    """Read for `seconds`, or until `frames` frames / a message of `until_type` (one type or a tuple) arrived."""
+    until = (until_type,) if isinstance(until_type, str) else until_type
     got = into or Received()
     deadline = time.monotonic() + seconds
     start_frames = len(got.frames)
@@ -163,7 +164,7 @@ def receive(ws, seconds: float = 1.0, *, frames: int | None = None, until_type: 
         else:
             obj = json.loads(msg)
             got.messages.append(obj)
-            if until_type is not None and obj.get("type") == until_type:
+            if until is not None and obj.get("type") in until:
                 break
     return got
 
