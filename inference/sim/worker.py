@@ -1,7 +1,8 @@
 """A sim render worker process: paints scenes into shared memory and renders JPEG frames.
 
 One job at a time, in pipe order, except that scene builds run in slices
-between frames: a frame waits at most one build slice (a few tens of ms), and
+between frames: a frame waits at most one build slice (tens of ms, more where
+fresh memory is slow to fault in; the engine sends frames elsewhere while it can), and
 under a steady stream of frames a build still gets a slice every
 BUILD_SHARE_S. The worker exits when its pipe closes, so it never outlives the
 engine that started it, however the engine ended.
