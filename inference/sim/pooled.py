@@ -3,11 +3,7 @@
 A scene is painted by one worker (the one that already holds the seed's
 terrain, else the least busy) and published in a memfd; any worker that renders
 it maps it first (AttachScene, sent once per worker). Frames go to the worker
-with the fewest frames outstanding, counting a worker that is painting a scene
-as BUILD_PENALTY_FRAMES busier: a frame sent there waits for the build slice
-in progress, and a slice, meant to take tens of milliseconds, took 150-370 ms
-on a machine where touching fresh memory is slow (a 0.5 s gap in another
-session's stream while a world opened).
+with the fewest frames outstanding, preferring one that is not building.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ from .pool import RenderPool
 from .render import RenderConfig
 from .worlds import Build, SceneEntry, Worlds
 
-BUILD_PENALTY_FRAMES = 8  # frames another worker may have outstanding before one that is building gets a frame
 TERRAIN_HOMES = 32  # remembered seed -> worker pairs (a worker keeps only a few terrains anyway)
 
 
@@ -100,7 +95,7 @@ class PooledWorlds(Worlds):
 
     def submit(self, entry: SceneEntry, width: int, height: int, pose: np.ndarray, quality: int | None) -> int:
         """Send one frame to the least busy worker; its job id. quality None asks for raw RGB."""
-        worker = min(range(self.pool.size), key=self._frame_cost)
+        worker = min(range(self.pool.size), key=lambda i: (self.pool.load[i], self.building[i]))
         if worker not in entry.attached:
             self.pool.send(worker, AttachScene(scene_id=entry.scene_id, layout=entry.layout), fd=entry.fd)
             entry.attached.add(worker)
@@ -109,10 +104,6 @@ class PooledWorlds(Worlds):
                                            pose=np.asarray(pose, np.float64), quality=quality))
         self.pool.load[worker] += 1
         return job_id
-
-    def _frame_cost(self, worker: int) -> tuple[int, int]:
-        """How long a frame sent to `worker` would wait, in frames (then its builds, to break ties)."""
-        return self.pool.load[worker] + (BUILD_PENALTY_FRAMES if self.building[worker] else 0), self.building[worker]
 
     def take_frame(self, job_id: int):
         """The reply for `job_id` if it has come (FrameRendered), else None."""

@@ -1,10 +1,9 @@
 """A sim render worker process: paints scenes into shared memory and renders JPEG frames.
 
 One job at a time, in pipe order, except that scene builds run in slices
-between frames: a frame waits at most one build slice (tens of ms, more where
-fresh memory is slow to fault in; the engine sends frames elsewhere while it can), and
-under a steady stream of frames a build still gets a slice every
-BUILD_SHARE_S. The worker exits when its pipe closes, so it never outlives the
+between frames: a frame waits at most one build slice (tens of ms: see
+worlds.paint_on_small_pages), and under a steady stream of frames a build
+still gets a slice every BUILD_SHARE_S. The worker exits when its pipe closes, so it never outlives the
 engine that started it, however the engine ended.
 """
 
@@ -29,6 +28,7 @@ from .render import RenderConfig, render_view, warm_up_kernels
 from .scene import Scene
 from .shared import SceneLayout, attach, publish
 from .terrain import Terrain
+from .worlds import paint_on_small_pages
 
 BUILD_SHARE_S = 0.1  # longest a pending build waits for a slice while frames keep coming
 CAMERAS = 6  # frame sizes whose ray grids a worker keeps (sessions use a few; test frames any)
@@ -38,6 +38,7 @@ TERRAINS = 2  # seeds whose terrain a worker keeps, to repaint them for another 
 def serve(conn: Connection, render: RenderConfig) -> None:
     """Process entry: handle jobs until Stop or until the engine's end of the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the engine's to handle
+    paint_on_small_pages()
     RenderWorker(conn, render).run()
 
 

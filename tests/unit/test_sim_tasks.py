@@ -133,3 +133,22 @@ def test_test_frame_task_matches_plain_call():
     result, steps = run(engine.test_frame_task("dawn", 7, 101, 37))
     assert steps >= 3 and result.shape == (37, 101, 3)
     np.testing.assert_array_equal(result, engine.render_test_frame("dawn", 7, 101, 37))
+
+
+def test_a_process_that_paints_asks_numpy_for_small_pages():
+    """Painting allocates fresh 4-16 MB arrays each slice; huge pages made slices 5x longer where faults are slow."""
+    from inference.sim.worlds import LocalWorlds, paint_on_small_pages
+    from inference.sim.render import RenderConfig
+
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _set_madvise_hugepage
+    before = _set_madvise_hugepage(True)
+    try:
+        LocalWorlds(RenderConfig())
+        assert _set_madvise_hugepage(True) is False, "LocalWorlds left numpy asking for huge pages"
+        paint_on_small_pages()  # what each render worker does first
+        assert _set_madvise_hugepage(before) is False
+    finally:
+        _set_madvise_hugepage(before)

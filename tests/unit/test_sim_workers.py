@@ -16,7 +16,6 @@ from inference.engine.base import ChunkWork, EngineUserError, SessionSpec
 from inference.engine.frames import encode_jpeg
 from inference.sim import SimEngine
 from inference.sim.pool import SimWorkerError
-from inference.sim.pooled import BUILD_PENALTY_FRAMES
 
 REPO = Path(__file__).resolve().parents[2]
 W, H = 832, 480
@@ -87,27 +86,6 @@ def test_batch_of_sessions_spreads_over_workers(pooled):
     assert pooled.info().extra["render_workers"] == 2
     for i in range(3):
         pooled.close_session(f"b{i}")
-
-
-def test_frames_go_around_a_worker_that_is_painting_a_scene(pooled):
-    """While a worker paints a new world's scene, frames go to the other one until it has BUILD_PENALTY_FRAMES more
-    outstanding (a frame sent to the painter waits for its build slice); every frame still comes back."""
-    pooled.open_session(spec("r", seed=50))
-    task = pooled.open_task(spec("n", seed=51))
-    assert not task.step()  # sends the build
-    worlds = pooled.worlds
-    [painter] = [i for i, n in enumerate(worlds.building) if n]
-    before = list(worlds.pool.load)
-    jobs = [worlds.submit(pooled.session("r").entry, W, H, pose, 85) for pose in walk(BUILD_PENALTY_FRAMES + 2)]
-    added = [now - then for now, then in zip(worlds.pool.load, before)]
-    assert added[painter] == 1 and sum(added) == BUILD_PENALTY_FRAMES + 2, (painter, added)
-    while not all(job in worlds.pool.frames for job in jobs):
-        worlds.collect(None)
-    assert all(worlds.take_frame(job).data[:2] == b"\xff\xd8" for job in jobs)
-    while not task.step():
-        worlds.collect(0.01)
-    for sid in ("r", "n"):
-        pooled.close_session(sid)
 
 
 def test_pooled_tasks_poll_workers_and_cancel_cleanly(pooled):
