@@ -3,8 +3,9 @@
 One job at a time, in pipe order, except that scene builds run in slices
 between frames: a frame waits at most one build slice (tens of ms: see
 worlds.paint_on_small_pages), and under a steady stream of frames a build
-still gets a slice every BUILD_SHARE_S. The worker exits when its pipe closes, so it never outlives the
-engine that started it, however the engine ended.
+still gets a slice every BUILD_SHARE_S. The worker exits when its pipe
+closes, so it never outlives the engine that started it, however the engine
+ended.
 """
 
 from __future__ import annotations

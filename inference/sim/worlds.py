@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 import time
 from collections import OrderedDict
 from collections.abc import Generator
@@ -25,6 +26,17 @@ from .render import RenderConfig, render_view
 from .scene import Scene
 from .terrain import Terrain
 
+
+def numpy_huge_page_switch():
+    """numpy's switch for asking the kernel for transparent huge pages (set(bool) -> previous), or None."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2.x, 1.x
+        try:
+            return getattr(importlib.import_module(module), "_set_madvise_hugepage")
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
 def paint_on_small_pages() -> None:
     """Stop numpy from asking for transparent huge pages in this process (its default for arrays >= 4 MB).
 
@@ -33,13 +45,9 @@ def paint_on_small_pages() -> None:
     and slices meant to take tens of ms took 150-370 ms (a frame queued
     behind one waited as long); on small pages the same slices take 20-55 ms.
     """
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            setter = getattr(__import__(module, fromlist=["_set_madvise_hugepage"]), "_set_madvise_hugepage")
-        except (ImportError, AttributeError):
-            continue
-        setter(False)
-        return
+    switch = numpy_huge_page_switch()
+    if switch is not None:
+        switch(False)
 
 
 SCENE_CACHE = 8  # painted (seed, look) scenes kept while no session uses them

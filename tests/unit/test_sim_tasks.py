@@ -137,13 +137,11 @@ def test_test_frame_task_matches_plain_call():
 
 def test_a_process_that_paints_asks_numpy_for_small_pages():
     """Painting allocates fresh 4-16 MB arrays each slice; huge pages made slices 5x longer where faults are slow."""
-    from inference.sim.worlds import LocalWorlds, paint_on_small_pages
     from inference.sim.render import RenderConfig
+    from inference.sim.worlds import LocalWorlds, numpy_huge_page_switch, paint_on_small_pages
 
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _set_madvise_hugepage
+    _set_madvise_hugepage = numpy_huge_page_switch()
+    assert _set_madvise_hugepage is not None, "this numpy has no huge-page switch"
     before = _set_madvise_hugepage(True)
     try:
         LocalWorlds(RenderConfig())
