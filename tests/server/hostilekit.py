@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import socket
 import threading
@@ -57,6 +58,7 @@ class HonestClient:
         self.session_id = got.of_type("session")[0]["session_id"]
         self.frames: list[float] = []
         self.messages: list[dict] = []
+        self.stats: list[tuple[float, dict]] = []  # (arrival, the server's `stats` message): its side of the stream
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -73,6 +75,8 @@ class HonestClient:
                 self.frames.append(time.monotonic())
             else:
                 self.messages.append(json.loads(msg))
+                if self.messages[-1].get("type") == "stats":
+                    self.stats.append((time.monotonic(), self.messages[-1]))
 
     def wait_frames(self, n: int, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -86,6 +90,26 @@ class HonestClient:
         edges = [t0, *inside, t1]
         gap = max(b - a for a, b in zip(edges, edges[1:]))
         return Rate(frames=len(inside), seconds=t1 - t0, max_gap_s=gap, times=inside)
+
+    def server_view(self, t0: float, t1: float) -> dict:
+        """What the server said about this stream in [t0, t1) (its `stats` messages, about one a second), beside
+        what arrived: frames it played vs frames received per second, the slowest playback rate it chose, late
+        chunks and stalls, frames its writer dropped. Tells a server that sent too little (engine late, playback
+        slowed) from a client that read too little."""
+        inside = [(t, m) for t, m in self.stats if t0 <= t < t1]
+        if len(inside) < 2:
+            return {"stats_messages": len(inside)}
+        (ta, first), (tb, last) = inside[0], inside[-1]
+        messages = [m for _, m in inside]
+        return {"played": last["frames"] - first["frames"],  # between the first and the last stats message ...
+                "received": sum(1 for t in self.frames if ta <= t < tb),  # ... and what arrived between them
+                "received_per_s": [sum(1 for t in self.frames if t0 + i <= t < min(t1, t0 + i + 1))
+                                   for i in range(math.ceil(t1 - t0))],
+                "slowest_target_fps": min(m["target_fps"] for m in messages),
+                "late_chunks": last["late_chunks"] - first["late_chunks"],
+                "longest_stall_s": max(m["stalled_s"] for m in messages),
+                "dropped": last.get("dropped", 0) - first.get("dropped", 0),
+                "chunk_ms": [m["chunk_ms"] for m in messages], "least_lead_ms": min(m["lead_ms"] for m in messages)}
 
     def control(self, seconds: float = 3.0) -> Rate:
         """The rate over the next `seconds` with nothing misbehaving (the machine's own bound)."""

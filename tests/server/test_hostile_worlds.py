@@ -235,7 +235,8 @@ def test_fifty_inits_at_once_are_admitted_only_within_the_measured_capacity(serv
         capacity = status["admission"]["capacity"].get("832*480")
         report("50 inits", honest_fps=rate.fps, control_fps=control.fps, max_gap_s=rate.max_gap_s, capacity=capacity,
                sessions=len(status["sessions"]), outcomes={o: outcomes.count(o) for o in set(outcomes)},
-               admitted=[(a["open"], a["load"]) for a in status["admission"]["admitted"]])
+               admitted=[(a["open"], a["load"]) for a in status["admission"]["admitted"]],
+               server=honest.server_view(t0, t0 + 8.0))
         assert outcomes.count("busy") >= 50 - 16 - 8 and "" not in outcomes, outcomes
         # capacity is a moving estimate (step times of the sessions running): each admission is judged on the
         # estimate of its moment, which /status keeps with it; every one after the first kept the load in target
@@ -248,7 +249,7 @@ def test_fifty_inits_at_once_are_admitted_only_within_the_measured_capacity(serv
         at = [a["at"] for a in admitted]
         assert all(b - a >= 1.0 for a, b in zip(at, at[1:])), [round(b - a, 2) for a, b in zip(at, at[1:])]
         held, after = honest.kept_up(rate, control, end_attack=lambda: [c.close() for c in clients])
-        assert held, (rate, control, after)
+        assert held, (rate, control, after, honest.server_view(t0, t0 + 8.0))
     finally:
         for c in clients:
             c.close()
