@@ -54,18 +54,22 @@ class Side:
         dit.set_prompt(self.cache, 0, context)
 
     def chunk(self, index: int, xs: list[torch.Tensor], y, control, sampler) -> list[torch.Tensor]:
-        """4 denoising calls (inputs xs) + the update; returns the 5 flows."""
+        """4 denoising calls (inputs xs) + the keys-only update, as the pipeline runs them; returns the 4 flows
+        and the layer-0 and last-layer keys the chunk left in the cache."""
         camera, device, flows = ChunkCamera(control), y.device, []
-        for step, x in enumerate(xs):
-            t = sampler.timestep(step, 1, device) if step < sampler.num_steps else torch.zeros(1, dtype=torch.int64,
-                                                                                              device=device)
+        for step, x in enumerate(xs[:sampler.num_steps]):
+            t = sampler.timestep(step, 1, device)
             flows.append(self.dit(x, y, t, camera, self.cache, [3 * index], [0], step=self.step, static=self.static))
-        return flows
+        clean = torch.zeros(1, dtype=torch.int64, device=device)
+        self.dit(xs[-1], y, clean, camera, self.cache, [3 * index], [0], step=self.step, static=self.static,
+                 keys_only=True)
+        return flows + [self.cache.self_kv.k[0].clone(), self.cache.self_kv.k[-1].clone()]
 
 
 @torch.no_grad()
 def dit_graphs(run: CheckRun) -> dict:
-    """Eager vs CUDA-graph-replayed DiT chunks: equal outputs, no host sync in a chunk, ms per chunk."""
+    """Eager vs CUDA-graph-replayed DiT chunks: equal outputs and cached keys, no host sync in a chunk, ms per
+    chunk."""
     config = model_config(run)
     dtype = torch.float32 if run.dry_run else torch.bfloat16
     width, height = run.size
@@ -95,7 +99,7 @@ def dit_graphs(run: CheckRun) -> dict:
                 times[name].append((time.perf_counter() - t0) * 1000)
         worst = max(worst, *(rel_l2(a.float(), b.float()) for a, b in zip(flows["graphs"], flows["eager"])))
     bound = FP32_STEP_REL if dtype == torch.float32 else BF16_REL["call"]
-    figures = {"graphs": graphs, "calls": 5 * (fill + run.iters), "flow_rel_max": worst,
+    figures = {"graphs": graphs, "calls": 5 * (fill + run.iters), "flow_and_keys_rel_max": worst,
                "captures": getattr(step, "captures", None), "eager_ms": min(times["eager"]),
                "graphs_ms": min(times["graphs"]), "sync_checked": graphs}
     what = "CUDA graphs" if graphs else "static-buffer replay (no CUDA: capture not tried)"

@@ -111,6 +111,12 @@ class UlyssesSequence(LocalSequence):
         out = F.pad(out, (0, 0, 0, 0, 0, q.shape[1] - length))  # padded queries get zeros, dropped at gather
         return heads_to_tokens(out, self.group, self.ranks)  # (B, Lp/P, H, D)
 
+    def write(self, k: torch.Tensor, v: torch.Tensor, cache: SelfAttentionCache, layer: int,
+              plan: CachePlan) -> None:
+        length = chunk_length(plan)
+        k, v = (tokens_to_heads(t, self.group, self.ranks) for t in (k, v))  # (B, Lp, H/P, D)
+        cache.write(layer, plan, k[:, :length], v[:, :length])
+
     def full_heads(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
         parts = [torch.empty_like(tensor) for _ in range(self.ranks)]
         dist.all_gather(parts, tensor.contiguous(), group=self.group)

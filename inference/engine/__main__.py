@@ -52,9 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--memory-limit-gb", type=float, default=None,
                     help="lingbot-fast: refuse sessions and test frames ('busy') whose planned peak memory per "
                          "rank would pass this many GiB (the measured free memory is always checked)")
-    ap.add_argument("--compile", action="store_true",
+    ap.add_argument("--compile", nargs="?", const="default", default=None, choices=["default", "max-autotune"],
                     help="lingbot-fast: run the DiT step under torch.compile (one graph per batch size and session "
-                         "size, compiled on its first chunk; bench/dit_efficiency.py measures what it gains)")
+                         "size, compiled on its first chunk; on the CPU the weights are frozen into it). "
+                         "max-autotune also times Inductor's GEMM kernels per shape and keeps the fastest (a much "
+                         "longer compile). bench/dit_efficiency.py measures what each gains")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="lingbot-fast: replay the DiT step from CUDA graphs (CUDA only, KV window only; one graph "
                          "per batch size and session size, captured on its first chunk)")
@@ -93,7 +95,7 @@ def build_engine(args: argparse.Namespace, ctx):
         options = {"window": args.kv_window, "sink": args.kv_sink, "rope_frames": args.rope_frames,
                    "dtype": args.dtype, "weights": args.weights,
                    "t5_device": args.t5_device, "memory_limit_gb": args.memory_limit_gb,
-                   "max_batch": args.max_batch, "compile": args.compile, "cuda_graphs": args.cuda_graphs}
+                   "max_batch": args.max_batch, "compile": args.compile or False, "cuda_graphs": args.cuda_graphs}
     if ctx is not None and ctx.distributed and args.engine == "lingbot-fast":
         from inference.distributed.options import ParallelOptions
 

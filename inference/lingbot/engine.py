@@ -66,7 +66,7 @@ class LingbotFastEngine(WorldEngine):
     def __init__(self, models: LingbotModels, *, model_name: str, window: int | None = None,
                  sink: int | None = None, rope_frames: int | None = None, decode: bool = True, admit: bool = True,
                  max_batch: int = 8, memory_limit_gb: float | None = None, rank: int = 0,
-                 agree: Callable[[str | None], list[str | None]] | None = None, compile: bool = False,
+                 agree: Callable[[str | None], list[str | None]] | None = None, compile: bool | str = False,
                  cuda_graphs: bool = False):
         config = models.dit.config
         if window is None:

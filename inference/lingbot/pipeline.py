@@ -54,13 +54,13 @@ class ChunkPipeline:
     """
 
     def __init__(self, dit: CausalDiT, *, sampler: FlowMatchSampler | None = None, decode: bool = True,
-                 compile: bool = False, cuda_graphs: bool = False):
+                 compile: bool | str = False, cuda_graphs: bool = False):
         self.dit = dit
         self.decode = decode
         self.sampler = sampler or FlowMatchSampler()
         self.device = dit.patch_embedding.weight.device
         self.step = make_step(dit, compile=compile, cuda_graphs=cuda_graphs)
-        self.static = compile or cuda_graphs  # the cache plan those steps need
+        self.static = self.step is not None  # compiled or graphed: the cache plan those steps need
         self.step_mode = step_mode(compile=compile, cuda_graphs=cuda_graphs)
 
     @torch.no_grad()
@@ -111,5 +111,6 @@ class ChunkPipeline:
                 noise = torch.cat([s.noise(shape, self.device) for s in sessions])
                 x = self.sampler.renoise(step + 1, x0, noise)
         clean = torch.zeros(batch, dtype=torch.int64, device=self.device)
-        self.dit(x0, y, clean, camera, cache, starts, slots, step=self.step, static=self.static)  # final keys
+        self.dit(x0, y, clean, camera, cache, starts, slots, step=self.step, static=self.static,
+                 keys_only=True)  # the clean chunk's keys: the last block stops once they are stored
         return x0

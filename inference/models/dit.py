@@ -148,7 +148,8 @@ class CausalDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
                 control: torch.Tensor | ChunkCamera | None, cache: DiTCache, start_frames: Sequence[int],
-                slots: Sequence[int] | None = None, *, step=None, static: bool = False) -> torch.Tensor:
+                slots: Sequence[int] | None = None, *, step=None, static: bool = False,
+                keys_only: bool = False) -> torch.Tensor | None:
         """Flow prediction (B, out_dim, F, h, w) for one chunk of each batch item.
 
         x (B, 16, F, h, w) noisy latent; y (B, 20, F, h, w) condition ('i2v');
@@ -158,6 +159,8 @@ class CausalDiT(nn.Module):
         0..B-1). Writes this chunk's keys into the cache. The device work runs
         in `step` (default `self.step`; a compiled or graph-captured one from
         inference/models/dit_step.py), static=True lays the cache plan out for it.
+        keys_only=True (a cache update, whose prediction nobody reads) writes the
+        keys and returns None: the last block stops once its keys are stored.
         """
         batch = x.shape[0]
         slots = list(range(batch)) if slots is None else list(slots)
@@ -175,6 +178,7 @@ class CausalDiT(nn.Module):
             self.check_control(camera.control)
         length = grid[0] * frame_seqlen
         plan = cache.plan(slots, [s * frame_seqlen for s in start_frames], length, static=static)  # may re-anchor
+        plan.keys_only = keys_only
         rope = self.rope.for_grid(grid, plan.rope_starts)  # RoPE frames: absolute until a slot re-anchors
         camera_input = None if camera is None else camera.input_for(self, rope)
         return (step or self.step)(x, y, t, camera_input, rope, cache, plan)
@@ -194,8 +198,11 @@ class CausalDiT(nn.Module):
         per_layer = camera if isinstance(camera, list) else None
         tokens, rope, camera = self.sequence.split(tokens, rope, None if per_layer is not None else camera)
         freqs = rotations(*rope)  # (B, L, 1, head_dim/2) rotations of q and k
+        last = len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
             block_camera = per_layer[layer] if per_layer is not None else camera
+            if layer == last and plan.keys_only:  # a cache update: the last block's keys are all it is for
+                return block(tokens, e0, freqs, block_camera, None, cache.self_kv, layer, plan, keys_only=True)
             tokens = block(tokens, e0, freqs, block_camera, cache.text.layer(layer, plan), cache.self_kv, layer, plan)
         return self.unpatchify(self.sequence.gather(self.head(tokens, e), length), grid)
 

@@ -81,12 +81,23 @@ class CausalSelfAttention(AttentionProjections):
         batch, length, _ = x.shape
         # RMSNorm runs over the full width, before the head split.
         q = self.norm_q(self.q(x)).view(batch, length, self.num_heads, self.head_dim)  # (B, L, heads, head_dim)
-        k = self.norm_k(self.k(x)).view(batch, length, self.num_heads, self.head_dim)
-        v = self.v(x).view(batch, length, self.num_heads, self.head_dim)
+        k, v = self.keys(x, freqs)
         q = rotate(q, freqs)
-        k = rotate(k, freqs)
         out = self.sequence.attend(q, k, v, cache, layer, plan)  # (B, L, heads, head_dim)
         return self.o(out.flatten(2))  # (B, L, dim)
+
+    def keys(self, x: torch.Tensor, freqs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's rotated keys and its values (B, L, heads, head_dim) from x (B, L, dim)."""
+        batch, length, _ = x.shape
+        k = self.norm_k(self.k(x)).view(batch, length, self.num_heads, self.head_dim)
+        v = self.v(x).view(batch, length, self.num_heads, self.head_dim)
+        return rotate(k, freqs), v
+
+    def write_keys(self, x: torch.Tensor, freqs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                   cache: SelfAttentionCache, layer: int, plan: CachePlan) -> None:
+        """Store the chunk's keys/values and stop: what `forward` writes, without its attention and output."""
+        self.sequence.write(*self.keys(x, freqs), cache, layer, plan)
 
 
 class CrossAttention(AttentionProjections):
@@ -137,16 +148,23 @@ class DiTBlock(nn.Module):
         shift = run_in_weight_dtype(self.cam_shift_layer, hidden).float()
         return 1.0 + scale, shift
 
+    def attention_input(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The self-attention's input: x normed and modulated, in the weights' dtype."""
+        return torch.addcmul(shift, self.norm1(x), 1 + scale).to(self.self_attn.q.weight.dtype)
+
     def forward(self, x: torch.Tensor, e0: torch.Tensor, freqs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
                 camera: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
                 text_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-                cache: SelfAttentionCache, layer: int, plan: CachePlan) -> torch.Tensor:
+                cache: SelfAttentionCache, layer: int, plan: CachePlan, keys_only: bool = False) -> torch.Tensor | None:
         """x (B, L, dim) float32, e0 (B, 6, dim) float32; camera: tokens (B, L, dim), their
-        `camera_modulation` (reused across a chunk's calls) or None."""
+        `camera_modulation` (reused across a chunk's calls) or None. keys_only: store this block's keys/values
+        and stop (returns None; a module call still, so that sharded weights are gathered as for `forward`)."""
         mod = (self.modulation.float() + e0).unsqueeze(2)  # (B, 6, 1, dim): broadcast over tokens
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)
-        dtype = self.self_attn.q.weight.dtype
-        y = self.self_attn(torch.addcmul(shift1, self.norm1(x), 1 + scale1).to(dtype), freqs, cache, layer, plan)
+        if keys_only:
+            self.self_attn.write_keys(self.attention_input(x, shift1, scale1), freqs, cache, layer, plan)
+            return None
+        y = self.self_attn(self.attention_input(x, shift1, scale1), freqs, cache, layer, plan)
         x = torch.addcmul(x, y, gate1)  # float32: y is promoted
         if camera is not None:
             gain, shift = camera if isinstance(camera, tuple) else self.camera_modulation(camera)

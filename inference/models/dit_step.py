@@ -27,24 +27,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+import torch._inductor.config as inductor_config
 
 from inference.models.kv_cache import CachePlan, DiTCache
+from inference.models.packed_linear import frozen_weights
 
 Step = Callable[..., torch.Tensor]
 
 
-def step_mode(*, compile: bool, cuda_graphs: bool) -> str:
+def compile_mode(compile: bool | str) -> str | None:
+    """A `compile` argument (False / True / a mode of COMPILE_MODES) as the mode it asks for (None: eager)."""
+    if compile is False or compile is None:
+        return None
+    mode = "default" if compile is True else compile
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+    return mode
+
+
+def step_mode(*, compile: bool | str, cuda_graphs: bool) -> str:
     """The step's name in /status and logs."""
-    parts = (["compiled"] if compile else []) + (["cuda graphs"] if cuda_graphs else [])
+    mode = compile_mode(compile)
+    compiled = [] if mode is None else ["compiled" if mode == "default" else f"compiled ({mode})"]
+    parts = compiled + (["cuda graphs"] if cuda_graphs else [])
     return " + ".join(parts) or "eager"
 
 
-def make_step(dit, *, compile: bool = False, cuda_graphs: bool = False) -> Step | None:
-    """The step a forward should run (None: `dit.step`, eager); raises for layouts that cannot."""
-    if (compile or cuda_graphs) and dit.sequence.ranks > 1:
+def make_step(dit, *, compile: bool | str = False, cuda_graphs: bool = False) -> Step | None:
+    """The step a forward should run (None: `dit.step`, eager); compile: False, True (default mode) or a mode
+    of COMPILE_MODES; raises for layouts that cannot."""
+    mode = compile_mode(compile)
+    if (mode or cuda_graphs) and dit.sequence.ranks > 1:
         raise ValueError(f"--compile / --cuda-graphs run one rank's whole step; with a Ulysses group of "
                          f"{dit.sequence.ranks} ranks the step holds collectives: leave them off")
-    step = CompiledStep(dit) if compile else None
+    step = CompiledStep(dit, mode) if mode else None
     if cuda_graphs:
         device = dit.patch_embedding.weight.device
         if device.type != "cuda":
@@ -53,15 +69,47 @@ def make_step(dit, *, compile: bool = False, cuda_graphs: bool = False) -> Step 
     return step
 
 
-class CompiledStep:
-    """`CausalDiT.step` under torch.compile, one graph per (batch, size) signature."""
+COMPILE_MODES = ("default", "max-autotune")
 
-    def __init__(self, dit):
-        self.fn = torch.compile(dit.step, fullgraph=True)
+
+class CompiledStep:
+    """`CausalDiT.step` under torch.compile, one graph per (batch, size) signature and call kind (denoising,
+    keys-only update).
+
+    On the CPU the graph freezes the weights (Inductor's `freezing`): they
+    enter as constants, so Inductor packs each linear's weight for oneDNN
+    (bfloat16) or MKL (float32) once and fuses the bias and the FFN's GELU
+    into the product, which the opaque packed op of an unfrozen compile
+    hides from it; its kernels are called from a C++ wrapper. The steps run
+    without autograd (inference only) and keep the weights they were
+    compiled with: a weight changed in place afterwards (its version counter
+    moves) is refused, not silently ignored. mode
+    "max-autotune" also times Inductor's own GEMM kernels (C++ templates on
+    the CPU) against the library's for each shape and keeps the faster; it
+    compiles much longer (seconds per GEMM shape).
+    """
+
+    def __init__(self, dit, mode: str = "default"):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+        self.mode = mode
+        self.frozen = dit.patch_embedding.weight.device.type == "cpu"
+        # the CPU: the graph's kernels called from C++ (Python's per-kernel calls cost ~2 ms per step here)
+        options: dict = {"cpp_wrapper": True} if self.frozen else {}
+        if mode == "max-autotune":
+            options.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN" if self.frozen else "ATEN,TRITON")
+        self.fn = torch.compile(dit.step, fullgraph=True, options=options or None)
+        # what the frozen graphs were built from: every parameter and buffer with its version
+        self._weights = [(name, t, t._version) for name, t in
+                         (*dit.named_parameters(), *dit.named_buffers())] if self.frozen else []
 
     def __call__(self, x, y, t, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
         if plan.span is not None:
             raise ValueError("a compiled step needs the static cache plan (forward(static=True))")
+        for name, tensor, version in self._weights:
+            if tensor._version != version:
+                raise RuntimeError(f"DiT weight {name} changed after its step was compiled with the weights frozen "
+                                   f"into the graph; build a new CompiledStep (a new pipeline) after loading weights")
         # The slot pool grows one slot at a time: the slot dimension is a size the graph does not specialise on
         # (unbacked: not even on 1, which a pool of one slot has).
         for store in (cache.self_kv.k, cache.self_kv.v, cache.text.k, cache.text.v):
@@ -70,7 +118,13 @@ class CompiledStep:
             torch._dynamo.maybe_mark_dynamic(plan.text_bias, 1)
         if plan.key_mask is not None and not cache.self_kv.window:  # a global cache's valid prefix grows
             torch._dynamo.maybe_mark_dynamic(plan.key_mask, 1)
-        return self.fn(x, y, t, camera, rope, cache, plan)
+        if not self.frozen:
+            return self.fn(x, y, t, camera, rope, cache, plan)
+        # Dynamo reads `freezing` as it traces (to keep the parameters in the graph as constants rather than
+        # inputs), before torch.compile's options apply: so it is set around the call, and freezing also needs
+        # a graph compiled without autograd
+        with torch.no_grad(), frozen_weights(), inductor_config.patch(freezing=True):
+            return self.fn(x, y, t, camera, rope, cache, plan)
 
 
 class StaticInputs:
@@ -92,7 +146,7 @@ class StaticInputs:
     @staticmethod
     def key_of(x, y, t, camera, rope, plan: CachePlan) -> tuple:
         flat, _ = flat_inputs(x, y, t, camera, rope, plan)
-        return plan.read_tokens, tuple(None if v is None else (tuple(v.shape), v.dtype) for v in flat)
+        return plan.read_tokens, plan.keys_only, tuple(None if v is None else (tuple(v.shape), v.dtype) for v in flat)
 
     def run(self, step: Step, cache: DiTCache) -> torch.Tensor:
         """The step on the static inputs (what a capture records)."""
@@ -128,7 +182,7 @@ class Captured:
 
     graph: torch.cuda.CUDAGraph
     inputs: StaticInputs
-    output: torch.Tensor
+    output: torch.Tensor | None
     cache: weakref.ref
     """The cache whose tensors the graph reads and writes (a dead reference drops the graph)."""
 
@@ -137,7 +191,7 @@ class GraphedStep:
     """CUDA graphs of a step (eager or compiled): captured on the first call of each input signature.
 
     A signature is every tensor input's shape and dtype, which inputs are
-    None, the plan's read length and the cache object. Graphs share one
+    None, the plan's read length and keys-only flag, and the cache object. Graphs share one
     memory pool (replays never overlap). The returned tensor is a copy: the
     next replay overwrites the static output.
     """
@@ -161,7 +215,7 @@ class GraphedStep:
         else:
             captured.inputs.load(x, y, t, camera, rope, plan)
         captured.graph.replay()
-        return captured.output.clone()
+        return None if captured.output is None else captured.output.clone()  # None: a keys-only update
 
     def capture(self, inputs: StaticInputs, cache: DiTCache) -> Captured:
         """Warm up on a side stream, then capture. Warm-up calls write the same keys the real call writes."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,6 +48,9 @@ class CachePlan:
     """Each item's first RoPE frame (its absolute frame unless its slot was re-anchored)."""
     text_bias: torch.Tensor | None = None
     """(B, T) float32 score bias over the first T text keys of each row (compact text cache), else None."""
+    keys_only: bool = False
+    """The forward only writes the chunk's keys (a cache update whose output nobody reads): the last block stops
+    once its keys are stored and the step returns None."""
 
 
 @dataclass(kw_only=True)
@@ -220,6 +222,11 @@ class SelfAttentionCache:
         tensor, which a compiled step also does in place rather than copying
         the store); eager ones copy each item's slice.
         """
+        self.write(layer, plan, k_new, v_new)
+        return self.window_of(self.k, layer, plan), self.window_of(self.v, layer, plan), plan.key_mask
+
+    def write(self, layer: int, plan: CachePlan, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        """Write the chunk's (B, L, heads, head_dim) keys/values where the plan says (see `store`)."""
         for store, new in ((self.k, k_new), (self.v, v_new)):
             new = new.to(store.dtype)
             if plan.host_writes is not None:
@@ -227,7 +234,6 @@ class SelfAttentionCache:
                     store[layer, slot, start:start + new.shape[1]] = new[b]
             else:
                 store.index_put_((torch.full_like(plan.write, layer), plan.rows[:, None], plan.write), new)
-        return self.window_of(self.k, layer, plan), self.window_of(self.v, layer, plan), plan.key_mask
 
     @staticmethod
     def window_of(store: torch.Tensor, layer: int, plan: CachePlan) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 
@@ -22,6 +23,21 @@ PACKING = _packing_available()
 # so a new weight never meets an old copy, and kept outside the module, so copies, state dicts and pickles
 # never meet the opaque oneDNN tensor; an entry leaves with its weight
 _packed: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
+# True while a step compiles with its weights frozen into the graph (`frozen_weights`): Linear then traces as
+# F.linear, whose frozen weight Inductor packs once itself, fusing the bias and a GELU that follows into the
+# product (the opaque op below hides both from it)
+_frozen = False
+
+
+@contextlib.contextmanager
+def frozen_weights():
+    """Trace Linears as F.linear: for a compile that freezes the weights (Inductor's `freezing` option)."""
+    global _frozen
+    before, _frozen = _frozen, True
+    try:
+        yield
+    finally:
+        _frozen = before
 
 
 class Linear(nn.Linear):
@@ -34,8 +50,10 @@ class Linear(nn.Linear):
     So bfloat16 CPU calls keep a packed copy per weight, made on first use
     and again whenever the weight changes in place (its version counter
     moves, as load_state_dict does). The copy costs the weight's bytes once
-    more (CPU only). Compiled steps reach it through the opaque op
-    `lingbot::packed_linear`; calls that autograd must see take F.linear.
+    more (CPU only). A compile reaches it through the opaque op
+    `lingbot::packed_linear`, except one that freezes the weights into its
+    graph (`frozen_weights`), where Inductor packs them itself; calls that
+    autograd must see take F.linear.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +63,7 @@ class Linear(nn.Linear):
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, self.bias)
         if torch.compiler.is_compiling():
-            return packed_linear(x, weight, self.bias)
+            return F.linear(x, weight, self.bias) if _frozen else packed_linear(x, weight, self.bias)
         return packed_product(x, weight, self.bias)
 
 

@@ -39,6 +39,11 @@ class LocalSequence:
         k_window, v_window, key_mask = cache.store(layer, plan, k, v)
         return attention(q, k_window, v_window.to(q.dtype), key_mask)
 
+    def write(self, k: torch.Tensor, v: torch.Tensor, cache: SelfAttentionCache, layer: int,
+              plan: CachePlan) -> None:
+        """Only write the chunk's keys/values (B, L, heads, head_dim) into the cache (`attend` without attending)."""
+        cache.write(layer, plan, k, v)
+
     def full_heads(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
         """A cache view with this rank's heads on `dim` -> the same view with every head (for checks)."""
         return tensor

@@ -42,9 +42,11 @@ def test_indivisible_head_count_is_a_clear_error(rank_results):
 
 @pytest.mark.slow
 def test_ulysses_fsdp_dit_matches_one_rank_across_chunks_and_slots(rank_results):
-    """A Ulysses+FSDP2 DiT on 2 ranks gives the one-rank flow and caches for two slots over three chunks."""
+    """A Ulysses+FSDP2 DiT on 2 ranks gives the one-rank flow and caches for two slots over three chunks (its
+    cache updates keys-only: they leave the keys of the one rank's full forwards)."""
     for result in rank_results:
         assert result["local_heads"] == 2  # each rank caches half of the 4 heads
+        assert result["keys_only_updates"] == 3 and result["bf16"]["keys_only_updates"] == 3
         for name in ("flow", "cache_k", "cache_v"):
             assert within_reorder_tolerance(result, name, DIT_TERMS), (name, result)
 

@@ -41,7 +41,8 @@ class Twin:
             self.model.set_prompt(cache, slot, context)
 
     def chunk(self, slots: list[int], step, seed: int) -> None:
-        """One chunk (2 denoising calls + the update) for `slots`; every call's outputs compared."""
+        """One chunk (2 denoising calls + the update) for `slots`; every call's outputs compared, and the keys
+        the step's keys-only update wrote with those of the eager full forward."""
         g = torch.Generator().manual_seed(seed)
         batch = len(slots)
         x = torch.randn(batch, 16, CHUNK, LAT_H, LAT_W, generator=g)
@@ -52,10 +53,20 @@ class Twin:
         for t in (900, 400, 0):
             timestep = torch.full((batch,), t)
             want = self.model(x, y, timestep, control, self.eager, starts, slots)
-            got = self.model(x, y, timestep, camera, self.other, starts, slots, step=step, static=True)
-            assert_reorder_close(got, want, terms=TERMS, what=f"slots {slots} frame {starts} t {t}")
+            got = self.model(x, y, timestep, camera, self.other, starts, slots, step=step, static=True,
+                             keys_only=t == 0)
+            if t:
+                assert_reorder_close(got, want, terms=TERMS, what=f"slots {slots} frame {starts} t {t}")
+            else:
+                assert got is None and want.shape == x.shape
         for s in slots:
             self.frames[s] += CHUNK
+            valid = self.eager.self_kv.local_end[s]
+            assert self.other.self_kv.local_end[s] == valid
+            for name in ("k", "v"):
+                assert_reorder_close(getattr(self.other.self_kv, name)[:, s, :valid],
+                                     getattr(self.eager.self_kv, name)[:, s, :valid], terms=TERMS,
+                                     what=f"{name} of slot {s} after frame {starts}")
 
 
 def drive(twin: Twin, step) -> None:
@@ -86,8 +97,12 @@ def test_compiled_step_equals_eager_with_one_graph_per_batch_size():
     grown = Twin(model, capacity=4)  # a pool that grew: another slot count, same graphs
     grown.chunk([3], step, seed=99)
     grown.chunk([0, 3], step, seed=100)
-    assert counters["stats"]["unique_graphs"] == 2  # batch 1 and batch 2
+    assert counters["stats"]["unique_graphs"] == 4  # batch 1 and batch 2, denoising calls and keys-only updates
     assert not counters["graph_break"]
+    with torch.no_grad():
+        model.blocks[0].ffn[0].weight.mul_(2.0)  # the graphs hold the weights they were compiled with
+    with pytest.raises(RuntimeError, match="changed after its step was compiled"):
+        grown.chunk([3], step, seed=101)
 
 
 @torch.no_grad()
@@ -97,7 +112,25 @@ def test_step_replayed_on_static_inputs_equals_eager():
     model = tiny_model()
     replayed = ReplayedStep(model.step)
     drive(Twin(model, capacity=3, gpu_layout=True), replayed)
-    assert len(replayed.inputs) == 2  # one set of buffers per batch size, as one graph each would be
+    assert len(replayed.inputs) == 4  # per batch size, denoising calls and keys-only updates: a graph each
+
+
+@torch.no_grad()
+def test_a_keys_only_update_stores_the_keys_of_a_full_forward():
+    """The cache update's keys-only forward returns nothing and leaves the cache exactly as the full forward
+    does (the same ops up to the last block's keys; what follows them only makes the unread prediction)."""
+    model = tiny_model()
+    full, keys_only = Twin(model, capacity=2).eager, Twin(model, capacity=2).eager
+    g = torch.Generator().manual_seed(7)
+    for index in range(4):  # the window fills, then evicts
+        x = torch.randn(2, 16, CHUNK, LAT_H, LAT_W, generator=g)
+        y = torch.randn(2, 20, CHUNK, LAT_H, LAT_W, generator=g)
+        camera = ChunkCamera(torch.randn(2, 384, CHUNK, LAT_H, LAT_W, generator=g))
+        clean = torch.zeros(2)
+        assert model(x, y, clean, camera, full, [index * CHUNK] * 2, [1, 0]).shape == x.shape
+        assert model(x, y, clean, camera, keys_only, [index * CHUNK] * 2, [1, 0], keys_only=True) is None
+        assert torch.equal(full.self_kv.k, keys_only.self_kv.k) and torch.equal(full.self_kv.v, keys_only.self_kv.v)
+        assert full.self_kv.local_end == keys_only.self_kv.local_end
 
 
 @torch.no_grad()

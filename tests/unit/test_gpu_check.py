@@ -41,7 +41,7 @@ def test_dry_run_passes_every_stage_and_prints_one_table(tmp_path):
     assert figures["conformance_fp32"]["calls_ok"] and figures["dit_bf16"]["ms_per_chunk"] > 0
     assert 0 < figures["memory_plan"]["dit_bf16_step"]["ratio"] <= 1.15
     assert figures["server"]["frames"] >= 21 and figures["server"]["rank0"]["attention"] == "direct"
-    assert figures["dit_graphs"]["flow_rel_max"] < 1e-5 and not figures["dit_graphs"]["graphs"]
+    assert figures["dit_graphs"]["flow_and_keys_rel_max"] < 1e-5 and not figures["dit_graphs"]["graphs"]
 
 
 def test_a_failing_stage_is_marked_and_the_run_goes_on(tmp_path):
