@@ -59,12 +59,15 @@ class HonestClient:
         self.frames: list[float] = []
         self.messages: list[dict] = []
         self.stats: list[tuple[float, dict]] = []  # (arrival, the server's `stats` message): its side of the stream
+        self.steal: list[tuple[float, float]] = [(time.monotonic(), steal_s())]  # (when, CPU time the host took)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         while not self._stop.is_set():
+            if time.monotonic() - self.steal[-1][0] >= 0.25:
+                self.steal.append((time.monotonic(), steal_s()))
             try:
                 msg = self.ws.recv(timeout=0.2)
             except TimeoutError:
@@ -109,7 +112,14 @@ class HonestClient:
                 "late_chunks": last["late_chunks"] - first["late_chunks"],
                 "longest_stall_s": max(m["stalled_s"] for m in messages),
                 "dropped": last.get("dropped", 0) - first.get("dropped", 0),
-                "chunk_ms": [m["chunk_ms"] for m in messages], "least_lead_ms": min(m["lead_ms"] for m in messages)}
+                "chunk_ms": [m["chunk_ms"] for m in messages], "least_lead_ms": min(m["lead_ms"] for m in messages),
+                "steal_s_per_cpu": self.steal_in(t0, t1)}
+
+    def steal_in(self, t0: float, t1: float) -> float | None:
+        """Seconds per CPU the hypervisor ran something else in about [t0, t1] (samples every 0.25 s): time in
+        which no process here, server or client, could run."""
+        inside = [s for t, s in self.steal if t0 - 0.3 <= t <= t1 + 0.3]
+        return None if len(inside) < 2 or inside[0] is None else round(inside[-1] - inside[0], 3)
 
     def control(self, seconds: float = 3.0) -> Rate:
         """The rate over the next `seconds` with nothing misbehaving (the machine's own bound)."""
@@ -136,6 +146,16 @@ class HonestClient:
             self.ws.close()
         except Exception:
             pass
+
+
+def steal_s() -> float | None:
+    """Steal time of this machine so far, seconds per CPU (/proc/stat; None where the kernel has no such count)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK") / (os.cpu_count() or 1)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def report(row: str, **figures) -> None:
