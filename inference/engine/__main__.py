@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--memory-limit-gb", type=float, default=None,
                     help="lingbot-fast: refuse sessions and test frames ('busy') whose planned peak memory per "
                          "rank would pass this many GiB (the measured free memory is always checked)")
-    ap.add_argument("--compile", nargs="?", const="default", default=None, choices=["default", "max-autotune"],
+    ap.add_argument("--compile", nargs="?", const="default", default=False, choices=["default", "max-autotune"],
                     help="lingbot-fast: run the DiT step under torch.compile (one graph per batch size and session "
                          "size, compiled on its first chunk; on the CPU the weights are frozen into it). "
                          "max-autotune also times Inductor's GEMM kernels per shape and keeps the fastest (a much "
@@ -95,7 +95,7 @@ def build_engine(args: argparse.Namespace, ctx):
         options = {"window": args.kv_window, "sink": args.kv_sink, "rope_frames": args.rope_frames,
                    "dtype": args.dtype, "weights": args.weights,
                    "t5_device": args.t5_device, "memory_limit_gb": args.memory_limit_gb,
-                   "max_batch": args.max_batch, "compile": args.compile or False, "cuda_graphs": args.cuda_graphs}
+                   "max_batch": args.max_batch, "compile": args.compile, "cuda_graphs": args.cuda_graphs}
     if ctx is not None and ctx.distributed and args.engine == "lingbot-fast":
         from inference.distributed.options import ParallelOptions
 

@@ -90,9 +90,7 @@ class CompiledStep:
     """
 
     def __init__(self, dit, mode: str = "default"):
-        if mode not in COMPILE_MODES:
-            raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
-        self.mode = mode
+        mode = compile_mode(mode)  # checked once, where make_step checks it
         self.frozen = dit.patch_embedding.weight.device.type == "cpu"
         # the CPU: the graph's kernels called from C++ (Python's per-kernel calls cost ~2 ms per step here)
         options: dict = {"cpp_wrapper": True} if self.frozen else {}
