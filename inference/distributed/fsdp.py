@@ -26,7 +26,8 @@ def shard_dit(model: CausalDiT, ctx: ParallelContext) -> CausalDiT:
     their parameters as well. The camera layers of each block run once per
     chunk, before the blocks (`CameraInput.input_for` -> `camera_modulation`),
     so they are a unit of their own: gathered for that pass alone, never
-    with the rest of the block; `embed_control` runs outside `forward` too.
+    with the rest of the block; `embed_control` and `time_condition` (a
+    pipeline keeps each timestep's condition) run outside `forward` too.
     """
     if not ctx.distributed:
         return model
@@ -41,6 +42,7 @@ def shard_dit(model: CausalDiT, ctx: ParallelContext) -> CausalDiT:
     fully_shard(model, mesh=mesh)
     register_fsdp_forward_method(model, "set_prompt")
     register_fsdp_forward_method(model, "embed_control")
+    register_fsdp_forward_method(model, "time_condition")
     return model
 
 

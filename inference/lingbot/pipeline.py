@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from inference.lingbot.session import SessionStream
-from inference.models.dit import CausalDiT, ChunkCamera
+from inference.models.dit import CausalDiT, ChunkCamera, TimeConditions
 from inference.models.dit_step import make_step, step_mode
 from inference.models.kv_cache import DiTCache
 from inference.models.sampler import FlowMatchSampler
@@ -60,6 +60,7 @@ class ChunkPipeline:
         self.sampler = sampler or FlowMatchSampler()
         self.device = dit.patch_embedding.weight.device
         self.step = make_step(dit, compile=compile, cuda_graphs=cuda_graphs)
+        self.times = TimeConditions(dit)
         self.static = self.step is not None  # compiled or graphed: the cache plan those steps need
         self.step_mode = step_mode(compile=compile, cuda_graphs=cuda_graphs)
 
@@ -104,13 +105,13 @@ class ChunkPipeline:
         camera = ChunkCamera(control, reuse=self.device.type == "cpu")
         steps = self.sampler.num_steps
         for step in range(steps):
-            t = self.sampler.timestep(step, batch, self.device)
+            t = self.times.get(self.sampler.timestep_value(step), batch)  # (B, 7, dim): computed once per value
             flow = self.dit(x, y, t, camera, cache, starts, slots, step=self.step, static=self.static)
             x0 = self.sampler.to_x0(step, x, flow.float())
             if step + 1 < steps:
                 noise = torch.cat([s.noise(shape, self.device) for s in sessions])
                 x = self.sampler.renoise(step + 1, x0, noise)
-        clean = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        clean = self.times.get(0, batch)
         self.dit(x0, y, clean, camera, cache, starts, slots, step=self.step, static=self.static,
                  keys_only=True)  # the clean chunk's keys: the last block stops once they are stored
         return x0

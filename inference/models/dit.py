@@ -17,6 +17,7 @@ from inference.models.rope import RotaryTables, rotations
 from inference.models.sequence import LOCAL, LocalSequence, Rope
 
 CONDITION_CHANNELS_I2V = 20  # 4 mask + 16 image latent
+TIME_ROWS = 7  # a time condition's rows: the embedding e, then the six modulation rows of its projection
 # Kept and run in float32 whatever the load dtype (the reference's float32 autocast regions).
 FLOAT32_MODULES = ("time_embedding", "time_projection", "head")
 
@@ -129,6 +130,14 @@ class CausalDiT(nn.Module):
         kv = [block.cross_attn.project_context(embedded) for block in self.blocks]  # (1, text_len, heads, head_dim)
         cache.text.set(slot, torch.stack([k[0] for k, _ in kv]), torch.stack([v[0] for _, v in kv]), context.shape[0])
 
+    def time_condition(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) timesteps -> (B, 7, dim) float32: the time embedding e (row 0) and its projection e0, the six
+        modulation rows every block adds (rows 1-6). It depends on the timesteps and the time layers alone, so
+        a pipeline computes it once per timestep value and reuses it in every chunk (`TimeConditions`)."""
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).float())  # (B, dim)
+        e0 = self.time_projection(e).unflatten(1, (6, -1))  # (B, 6, dim)
+        return torch.cat([e[:, None], e0], dim=1)
+
     def embed_control(self, control: torch.Tensor) -> torch.Tensor:
         """Control (B, C, F, h, w) -> camera tokens (B, L, dim): patchify like the latent, Linear, residual MLP."""
         b, c, f, h, w = control.shape
@@ -153,7 +162,7 @@ class CausalDiT(nn.Module):
         """Flow prediction (B, out_dim, F, h, w) for one chunk of each batch item.
 
         x (B, 16, F, h, w) noisy latent; y (B, 20, F, h, w) condition ('i2v');
-        t (B,) timesteps; control (B, C, F, h, w), a ChunkCamera (embedded once
+        t (B,) timesteps or their `time_condition` (B, 7, dim); control (B, C, F, h, w), a ChunkCamera (embedded once
         for all calls of a chunk) or None; start_frames: host ints, each item's
         first latent frame; slots: host ints, each item's cache slot (default
         0..B-1). Writes this chunk's keys into the cache. The device work runs
@@ -173,6 +182,10 @@ class CausalDiT(nn.Module):
             raise ValueError(f"latent grid {grid} gives {frame_seqlen} tokens per frame; "
                              f"the cache was built for {cache.self_kv.frame_seqlen}")
         self.rope.check_grid(grid)  # before the cache moves: an error leaves it intact
+        time = t if t.ndim == 3 else self.time_condition(t.to(self.patch_embedding.weight.device))
+        if time.shape != (batch, TIME_ROWS, self.config.dim):
+            raise ValueError(f"timesteps {tuple(t.shape)}: expected ({batch},) or a time condition "
+                             f"({batch}, {TIME_ROWS}, {self.config.dim})")
         camera = control if control is None or isinstance(control, ChunkCamera) else ChunkCamera(control)
         if camera is not None:
             self.check_control(camera.control)
@@ -181,20 +194,20 @@ class CausalDiT(nn.Module):
         plan.keys_only = keys_only
         rope = self.rope.for_grid(grid, plan.rope_starts)  # RoPE frames: absolute until a slot re-anchors
         camera_input = None if camera is None else camera.input_for(self, rope)
-        return (step or self.step)(x, y, t, camera_input, rope, cache, plan)
+        return (step or self.step)(x, y, time, camera_input, rope, cache, plan)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor,
+    def step(self, x: torch.Tensor, y: torch.Tensor | None, time: torch.Tensor,
              camera: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]] | None, rope: Rope, cache: DiTCache,
              plan: CachePlan) -> torch.Tensor:
         """The device work of one forward, from tensors and the cache plan alone (no host reads, no Python
         values that change between calls of one (batch, size) signature: it compiles and graph-captures).
 
-        camera: the chunk's camera tokens (B, L, dim), or each block's reused modulation (this rank's tokens).
+        time: the `time_condition` (B, 7, dim) of the timesteps; camera: the chunk's camera tokens (B, L, dim),
+        or each block's reused modulation (this rank's tokens).
         """
         tokens, grid = self.embed_latent(x, y)  # (B, L, dim) float32
         length = tokens.shape[1]
-        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.to(tokens.device)).float())  # (B, dim)
-        e0 = self.time_projection(e).unflatten(1, (6, -1))  # (B, 6, dim) float32
+        e, e0 = time[:, 0], time[:, 1:]  # (B, dim), (B, 6, dim) float32
         per_layer = camera if isinstance(camera, list) else None
         tokens, rope, camera = self.sequence.split(tokens, rope, None if per_layer is not None else camera)
         freqs = rotations(*rope)  # (B, L, 1, head_dim/2) rotations of q and k
@@ -264,3 +277,35 @@ class ChunkCamera:
             local = dit.sequence.split(self.tokens, rope, None)[0]  # this rank's share of the tokens
             self.modulations = [block.camera_modulation(local) for block in dit.blocks]
         return self.modulations
+
+
+class TimeConditions:
+    """Each timestep value's `time_condition`, computed once per batch size and kept for every later chunk.
+
+    A chunk calls the DiT at the same few timesteps every time (the sampler's
+    steps, then 0 for the cache update), and their condition depends on the
+    timesteps and the time layers alone: three float32 linears, one of them
+    reading a dim x 6 dim weight, that would otherwise run in every call.
+    Entries are dropped when a time layer's weights change (in place, as
+    load_state_dict does, or replaced).
+    """
+
+    def __init__(self, dit: CausalDiT):
+        self.dit = dit
+        self.entries: dict[tuple[int, int], torch.Tensor] = {}
+        self.weights: tuple = ()
+
+    def get(self, timestep: int, batch: int) -> torch.Tensor:
+        """The (batch, 7, dim) condition of `batch` items at `timestep` (a host int: no device read)."""
+        weights = tuple((id(p), p.data_ptr(), p._version) for module in (self.dit.time_embedding,
+                                                                       self.dit.time_projection)
+                        for p in module.parameters())
+        if weights != self.weights:
+            self.entries.clear()
+            self.weights = weights
+        key = (int(timestep), batch)
+        if key not in self.entries:
+            device = self.dit.patch_embedding.weight.device
+            t = torch.full((batch,), int(timestep), dtype=torch.int64, device=device)
+            self.entries[key] = self.dit.time_condition(t)
+        return self.entries[key]

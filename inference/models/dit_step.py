@@ -101,7 +101,7 @@ class CompiledStep:
         self._weights = [(name, t, t._version) for name, t in
                          (*dit.named_parameters(), *dit.named_buffers())] if self.frozen else []
 
-    def __call__(self, x, y, t, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
+    def __call__(self, x, y, time, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
         if plan.span is not None:
             raise ValueError("a compiled step needs the static cache plan (forward(static=True))")
         for name, tensor, version in self._weights:
@@ -117,12 +117,12 @@ class CompiledStep:
         if plan.key_mask is not None and not cache.self_kv.window:  # a global cache's valid prefix grows
             torch._dynamo.maybe_mark_dynamic(plan.key_mask, 1)
         if not self.frozen:
-            return self.fn(x, y, t, camera, rope, cache, plan)
+            return self.fn(x, y, time, camera, rope, cache, plan)
         # Dynamo reads `freezing` as it traces (to keep the parameters in the graph as constants rather than
         # inputs), before torch.compile's options apply: so it is set around the call, and freezing also needs
         # a graph compiled without autograd
         with torch.no_grad(), frozen_weights(), inductor_config.patch(freezing=True):
-            return self.fn(x, y, t, camera, rope, cache, plan)
+            return self.fn(x, y, time, camera, rope, cache, plan)
 
 
 class StaticInputs:
@@ -133,26 +133,26 @@ class StaticInputs:
     (what a CUDA graph replay needs; tests check it on the CPU).
     """
 
-    def __init__(self, x, y, t, camera, rope, plan: CachePlan):
+    def __init__(self, x, y, time, camera, rope, plan: CachePlan):
         if plan.span is not None:
             raise ValueError("a graph-captured step needs the static cache plan (forward(static=True))")
-        flat, rebuild = flat_inputs(x, y, t, camera, rope, plan)
+        flat, rebuild = flat_inputs(x, y, time, camera, rope, plan)
         self.buffers = [v.clone() for v in flat if v is not None]
         it = iter(self.buffers)
-        self.args = rebuild([None if v is None else next(it) for v in flat])  # (x, y, t, camera, rope, plan)
+        self.args = rebuild([None if v is None else next(it) for v in flat])  # (x, y, time, camera, rope, plan)
 
     @staticmethod
-    def key_of(x, y, t, camera, rope, plan: CachePlan) -> tuple:
-        flat, _ = flat_inputs(x, y, t, camera, rope, plan)
+    def key_of(x, y, time, camera, rope, plan: CachePlan) -> tuple:
+        flat, _ = flat_inputs(x, y, time, camera, rope, plan)
         return plan.read_tokens, plan.keys_only, tuple(None if v is None else (tuple(v.shape), v.dtype) for v in flat)
 
     def run(self, step: Step, cache: DiTCache) -> torch.Tensor:
         """The step on the static inputs (what a capture records)."""
-        x, y, t, camera, rope, plan = self.args
-        return step(x, y, t, camera, rope, cache, plan)
+        x, y, time, camera, rope, plan = self.args
+        return step(x, y, time, camera, rope, cache, plan)
 
-    def load(self, x, y, t, camera, rope, plan: CachePlan) -> None:
-        flat, _ = flat_inputs(x, y, t, camera, rope, plan)
+    def load(self, x, y, time, camera, rope, plan: CachePlan) -> None:
+        flat, _ = flat_inputs(x, y, time, camera, rope, plan)
         for static, value in zip(self.buffers, (v for v in flat if v is not None)):
             static.copy_(value, non_blocking=True)
 
@@ -166,11 +166,11 @@ class ReplayedStep:
         self.step = step
         self.inputs: dict[tuple, StaticInputs] = {}
 
-    def __call__(self, x, y, t, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
-        key = (id(cache), StaticInputs.key_of(x, y, t, camera, rope, plan))
+    def __call__(self, x, y, time, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
+        key = (id(cache), StaticInputs.key_of(x, y, time, camera, rope, plan))
         if key not in self.inputs:
-            self.inputs[key] = StaticInputs(x, y, t, camera, rope, plan)
-        self.inputs[key].load(x, y, t, camera, rope, plan)
+            self.inputs[key] = StaticInputs(x, y, time, camera, rope, plan)
+        self.inputs[key].load(x, y, time, camera, rope, plan)
         return self.inputs[key].run(self.step, cache)
 
 
@@ -202,16 +202,16 @@ class GraphedStep:
         self.graphs: dict[tuple, Captured] = {}
         self.captures = 0
 
-    def __call__(self, x, y, t, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
-        key = (id(cache), StaticInputs.key_of(x, y, t, camera, rope, plan))
+    def __call__(self, x, y, time, camera, rope, cache: DiTCache, plan: CachePlan) -> torch.Tensor:
+        key = (id(cache), StaticInputs.key_of(x, y, time, camera, rope, plan))
         captured = self.graphs.get(key)
         if captured is not None and captured.cache() is not cache:
             captured = None  # another cache now has the old one's id
         if captured is None:
             self.graphs = {k: c for k, c in self.graphs.items() if c.cache() is not None}
-            captured = self.graphs[key] = self.capture(StaticInputs(x, y, t, camera, rope, plan), cache)
+            captured = self.graphs[key] = self.capture(StaticInputs(x, y, time, camera, rope, plan), cache)
         else:
-            captured.inputs.load(x, y, t, camera, rope, plan)
+            captured.inputs.load(x, y, time, camera, rope, plan)
         captured.graph.replay()
         return None if captured.output is None else captured.output.clone()  # None: a keys-only update
 
@@ -231,17 +231,17 @@ class GraphedStep:
         return Captured(graph=graph, inputs=inputs, output=output, cache=weakref.ref(cache))
 
 
-def flat_inputs(x, y, t, camera, rope, plan: CachePlan) -> tuple[list, Callable[[list], tuple]]:
+def flat_inputs(x, y, time, camera, rope, plan: CachePlan) -> tuple[list, Callable[[list], tuple]]:
     """The step's tensor inputs as one flat list (None where absent), and the inverse: list -> step arguments
-    (x, y, t, camera, rope, plan) with those tensors in place."""
+    (x, y, time, camera, rope, plan) with those tensors in place."""
     per_layer = isinstance(camera, list)
     cameras = [t for pair in camera for t in pair] if per_layer else [camera]
-    flat = [x, y, t, *rope, plan.rows, plan.write, plan.key_mask, plan.text_bias, *cameras]
+    flat = [x, y, time, *rope, plan.rows, plan.write, plan.key_mask, plan.text_bias, *cameras]
 
     def rebuild(values: list) -> tuple:
-        x_, y_, t_, cos, sin, rows, write, mask, bias, *cams = values
+        x_, y_, time_, cos, sin, rows, write, mask, bias, *cams = values
         cam = [(cams[i], cams[i + 1]) for i in range(0, len(cams), 2)] if per_layer else cams[0]
         new_plan = replace(plan, rows=rows, write=write, key_mask=mask, text_bias=bias)
-        return x_, y_, t_, cam, (cos, sin), new_plan
+        return x_, y_, time_, cam, (cos, sin), new_plan
 
     return flat, rebuild

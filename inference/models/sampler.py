@@ -61,7 +61,11 @@ class FlowMatchSampler:
 
     def timestep(self, step: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The DiT timestep input (batch,) int64 for denoising step `step`."""
-        return torch.full((batch,), int(self.timesteps[step]), dtype=torch.int64, device=device)
+        return torch.full((batch,), self.timestep_value(step), dtype=torch.int64, device=device)
+
+    def timestep_value(self, step: int) -> int:
+        """Denoising step `step`'s timestep, a host int."""
+        return int(self.timesteps[step])
 
     def to_x0(self, step: int, x_t: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """Clean-latent estimate x_t - sigma_t * flow, computed in float64, returned in x_t's dtype."""

@@ -7,7 +7,7 @@ from torch._dynamo.utils import counters
 
 from inference.engine.base import ChunkWork, SessionSpec
 from inference.models.config import DiTConfig
-from inference.models.dit import CausalDiT, ChunkCamera
+from inference.models.dit import CausalDiT, ChunkCamera, TimeConditions
 from inference.models.dit_step import CompiledStep, ReplayedStep
 from tests.tolerance import FRAME_LEVELS, assert_reorder_close
 
@@ -33,6 +33,7 @@ class Twin:
         self.eager = model.new_cache(capacity=capacity, frame_seqlen=FRAME_SEQLEN)
         self.other = model.new_cache(capacity=capacity, frame_seqlen=FRAME_SEQLEN, compact_text=not gpu_layout)
         self.frames = [0] * capacity
+        self.times = TimeConditions(model)  # the step takes each timestep's condition, kept as a pipeline keeps it
         for slot in range(capacity):
             self.prompt(slot, PROMPTS[slot % len(PROMPTS)])
 
@@ -53,8 +54,8 @@ class Twin:
         for t in (900, 400, 0):
             timestep = torch.full((batch,), t)
             want = self.model(x, y, timestep, control, self.eager, starts, slots)
-            got = self.model(x, y, timestep, camera, self.other, starts, slots, step=step, static=True,
-                             keys_only=t == 0)
+            got = self.model(x, y, self.times.get(t, batch), camera, self.other, starts, slots, step=step,
+                             static=True, keys_only=t == 0)
             if t:
                 assert_reorder_close(got, want, terms=TERMS, what=f"slots {slots} frame {starts} t {t}")
             else:
@@ -81,6 +82,43 @@ def drive(twin: Twin, step) -> None:
     for slots in ([1, 0], [2, 1], [0, 2]):  # slot 1 starts: its window fills while the others are full
         seed += 1
         twin.chunk(slots, step, seed)
+
+
+@torch.no_grad()
+def test_time_conditions_are_computed_once_per_value_and_follow_the_weights():
+    model = tiny_model()
+    times = TimeConditions(model)
+    first = times.get(900, 2)
+    assert first.shape == (2, 7, CONFIG.dim) and first.dtype == torch.float32
+    assert times.get(900, 2) is first  # kept for the next chunk
+    assert torch.equal(first, model.time_condition(torch.full((2,), 900)))
+    assert not torch.equal(times.get(400, 2), first) and times.get(900, 1).shape == (1, 7, CONFIG.dim)
+    model.time_projection[1].weight.mul_(2)  # in place, as load_state_dict writes
+    again = times.get(900, 2)
+    assert again is not first and torch.equal(again, model.time_condition(torch.full((2,), 900)))
+    assert torch.equal(again[:, 0], first[:, 0]) and not torch.equal(again[:, 1:], first[:, 1:])
+    model.time_embedding[0].weight = torch.nn.Parameter(model.time_embedding[0].weight * 2)  # replaced
+    assert not torch.equal(times.get(900, 2)[:, 0], first[:, 0])
+
+
+@torch.no_grad()
+def test_forward_takes_timesteps_or_their_condition():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 16, CHUNK, LAT_H, LAT_W, generator=g), torch.randn(2, 20, CHUNK, LAT_H, LAT_W, generator=g)
+    control = torch.randn(2, 384, CHUNK, LAT_H, LAT_W, generator=g)
+    caches = [model.new_cache(capacity=2, frame_seqlen=FRAME_SEQLEN) for _ in range(2)]
+    for cache in caches:
+        for slot in (0, 1):
+            model.set_prompt(cache, slot, PROMPTS[slot])
+    t = torch.tensor([900, 400])
+    raw = model(x, y, t, control, caches[0], [0, 0])
+    conditioned = model(x, y, model.time_condition(t), control, caches[1], [0, 0])
+    assert torch.equal(raw, conditioned)
+    with pytest.raises(ValueError, match=r"timesteps \(3,\): expected \(2,\) or a time condition"):
+        model(x, y, torch.tensor([1, 2, 3]), control, caches[0], [3, 3])
+    with pytest.raises(ValueError, match=r"timesteps \(1, 7, 64\)"):
+        model(x, y, model.time_condition(t[:1]), control, caches[0], [3, 3])
 
 
 @pytest.mark.slow
