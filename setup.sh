@@ -100,6 +100,11 @@ MSG
   fi
 fi
 
+if [ -z "$GPU_CC" ]; then
+  say "Building the CPU attention kernel (bf16 scores; once per machine, ~10-20 s)"
+  "$PY" -m inference.models.cpu_kernels | sed 's/^/    /' || echo "    not built: bf16 attention scores multiply in float32" >&2
+fi
+
 if [ "$DEV" = 1 ]; then
   say "Installing test tools (pytest, Playwright's Python package; no browser download)"
   "${PIP[@]}" install -q -r requirements-dev.txt

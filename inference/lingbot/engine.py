@@ -284,7 +284,7 @@ class LingbotFastEngine(WorldEngine):
             weights="fp8" if is_fp8(m.dit) else "bf16", dtype=str(self.dtype).removeprefix("torch."),
             vae_dtype=vae_dtype, window=self.rope_frames if self.window == GLOBAL_WINDOW else self.window,
             sink=self.sink, max_batch=max_batch,  # a global cache holds the whole table
-            direct_attention=backend_report(self.device, self.dtype, m.dit.config.head_dim) == "direct")
+            direct_attention=backend_report(self.device, self.dtype, m.dit.config.head_dim).startswith("direct"))
         plan = MemoryPlan(deployment, ModelShapes(dit=m.dit.config, t5=m.text.model.config, vae=m.vae.config))
         weights = sum(module_bytes(part, self.device) for part in (m.dit, m.vae, m.text.model))
         weights += packed_bytes(m.dit) if self.device.type == "cpu" else 0  # bf16 CPU linears keep packed copies

@@ -6,7 +6,9 @@ shapes on the CPU, two batched matmuls and a softmax run about twice as
 fast as SDPA's CPU flash kernel (bench/dit_efficiency.py prints both), so
 CPU tensors take the direct path. Its scores are float32 whatever the input
 dtype: bfloat16 scores lose the softmax's precision where attention is peaky
-(4-10x the error of SDPA), float32 ones match it.
+(4-10x the error of SDPA), float32 ones match it. bfloat16 q and k reach
+float32 scores at the bfloat16 rate through our kernel (`cpu_kernels`) where
+the CPU has AVX512-BF16.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from inference.models import cpu_kernels
 
 _import_errors: dict[str, str] = {}  # why a flash build is unusable (missing, or built against another torch)
 
@@ -56,9 +60,10 @@ def attention_backend(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor |
 
 
 def backend_report(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
-    """The backend the DiT gets on this device/dtype, with the reason when a GPU falls back to SDPA."""
+    """The backend the DiT gets on this device/dtype, with the reason when a GPU falls back to SDPA; on the CPU
+    in bfloat16, how the scores are multiplied (`cpu_kernels.status`)."""
     if device.type == "cpu":
-        return "direct"
+        return f"direct (bf16 scores: {cpu_kernels.status()})" if dtype == torch.bfloat16 else "direct"
     if device.type != "cuda":
         return "sdpa"
     probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
@@ -149,16 +154,27 @@ def direct_attention_bytes(batch: int, heads: int, queries: int, keys: int, head
 def attention_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`direct_attention` of one block in one piece; bias (B, Lk) float32 or None."""
     b, lq, h, d = q.shape
+    probs = torch.softmax(scores_of(q, k, bias), dim=-1).to(q.dtype)
+    vh = heads_first(v, q.dtype)  # (B*H, Lk, D)
+    return torch.bmm(probs, vh).view(b, h, lq, d).transpose(1, 2)  # (B, Lq, H, D)
+
+
+def scores_of(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 scores q k^T / sqrt(head_dim) + bias (B*H, Lq, Lk) of q (B, Lq, H, D) and k (B, Lk, H, D).
+
+    bfloat16 on an AVX512-BF16 CPU: our kernel multiplies the bfloat16 values into float32 sums
+    (`cpu_kernels`, twice the float32 rate); else q and k are converted to float32 and multiplied there.
+    Both form the same exact products, summed in other orders."""
+    b, lq, h, d = q.shape
     lk = k.shape[1]
+    if cpu_kernels.usable(q, k):
+        return cpu_kernels.bf16_scores(q, k, bias, d ** -0.5)
     qh, kh = heads_first(q, torch.float32), heads_first(k, torch.float32)  # (B*H, Lq or Lk, D)
     if bias is None:
         bias, beta = qh.new_empty(b * h, lq, lk), 0.0  # beta 0: the product alone
     else:
         bias, beta = bias.repeat_interleave(h, dim=0)[:, None, :], 1.0  # (B*H, 1, Lk)
-    scores = torch.baddbmm(bias, qh, kh.transpose(1, 2), beta=beta, alpha=d ** -0.5)  # (B*H, Lq, Lk)
-    probs = torch.softmax(scores, dim=-1).to(q.dtype)
-    vh = heads_first(v, q.dtype)  # (B*H, Lk, D)
-    return torch.bmm(probs, vh).view(b, h, lq, d).transpose(1, 2)  # (B, Lq, H, D)
+    return torch.baddbmm(bias, qh, kh.transpose(1, 2), beta=beta, alpha=d ** -0.5)
 
 
 def heads_first(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch._inductor.config as inductor_config
 
+from inference.models import cpu_kernels
 from inference.models.kv_cache import CachePlan, DiTCache
 from inference.models.packed_linear import frozen_weights
 
@@ -92,6 +93,8 @@ class CompiledStep:
     def __init__(self, dit, mode: str = "default"):
         mode = compile_mode(mode)  # checked once, where make_step checks it
         self.frozen = dit.patch_embedding.weight.device.type == "cpu"
+        if self.frozen:
+            cpu_kernels.load()  # before tracing: the graph calls the bf16 scores op where it can run
         # the CPU: the graph's kernels called from C++ (Python's per-kernel calls cost ~2 ms per step here)
         options: dict = {"cpp_wrapper": True} if self.frozen else {}
         if mode == "max-autotune":
