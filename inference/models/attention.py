@@ -7,8 +7,8 @@ fast as SDPA's CPU flash kernel (bench/dit_efficiency.py prints both), so
 CPU tensors take the direct path. Its scores are float32 whatever the input
 dtype: bfloat16 scores lose the softmax's precision where attention is peaky
 (4-10x the error of SDPA), float32 ones match it. bfloat16 q and k reach
-float32 scores at the bfloat16 rate through our kernel (`cpu_kernels`) where
-the CPU has AVX512-BF16.
+float32 scores at the bfloat16 rate, and their softmax in the same pass,
+through our kernel (`cpu_kernels`) where the CPU has AVX512-BF16.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def backend_report(device: torch.device, dtype: torch.dtype, head_dim: int) -> s
     """The backend the DiT gets on this device/dtype, with the reason when a GPU falls back to SDPA; on the CPU
     in bfloat16, how the scores are multiplied (`cpu_kernels.status`)."""
     if device.type == "cpu":
-        return f"direct (bf16 scores: {cpu_kernels.status()})" if dtype == torch.bfloat16 else "direct"
+        return f"direct (bf16: {cpu_kernels.status()})" if dtype == torch.bfloat16 else "direct"
     if device.type != "cuda":
         return "sdpa"
     probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)
@@ -154,21 +154,19 @@ def direct_attention_bytes(batch: int, heads: int, queries: int, keys: int, head
 def attention_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`direct_attention` of one block in one piece; bias (B, Lk) float32 or None."""
     b, lq, h, d = q.shape
-    probs = torch.softmax(scores_of(q, k, bias), dim=-1).to(q.dtype)
+    if cpu_kernels.usable(q, k):  # bfloat16 on an AVX512-BF16 CPU: scores and softmax in one pass
+        probs = cpu_kernels.bf16_probs(q, k, bias, d ** -0.5)
+    else:
+        probs = torch.softmax(scores_of(q, k, bias), dim=-1).to(q.dtype)
     vh = heads_first(v, q.dtype)  # (B*H, Lk, D)
     return torch.bmm(probs, vh).view(b, h, lq, d).transpose(1, 2)  # (B, Lq, H, D)
 
 
 def scores_of(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """float32 scores q k^T / sqrt(head_dim) + bias (B*H, Lq, Lk) of q (B, Lq, H, D) and k (B, Lk, H, D).
-
-    bfloat16 on an AVX512-BF16 CPU: our kernel multiplies the bfloat16 values into float32 sums
-    (`cpu_kernels`, twice the float32 rate); else q and k are converted to float32 and multiplied there.
-    Both form the same exact products, summed in other orders."""
+    """float32 scores q k^T / sqrt(head_dim) + bias (B*H, Lq, Lk) of q (B, Lq, H, D) and k (B, Lk, H, D): q and k
+    converted to float32 and multiplied there (the bfloat16 kernel forms the same exact products)."""
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    if cpu_kernels.usable(q, k):
-        return cpu_kernels.bf16_scores(q, k, bias, d ** -0.5)
     qh, kh = heads_first(q, torch.float32), heads_first(k, torch.float32)  # (B*H, Lq or Lk, D)
     if bias is None:
         bias, beta = qh.new_empty(b * h, lq, lk), 0.0  # beta 0: the product alone

@@ -1,4 +1,4 @@
-"""Our C++ bf16 attention-scores kernel: the float32 path's scores within the reorder rule, used by eager and
+"""Our C++ bf16 attention kernel: the float32 path's probabilities to their bfloat16 rounding, used by eager and
 compiled steps, and off, with the reason said, where it cannot run (the attention then works as before)."""
 
 import math
@@ -11,62 +11,70 @@ import pytest
 import torch
 
 from inference.models import cpu_kernels
-from inference.models.attention import attention, scores_of
+from inference.models.attention import attention
 from inference.models.config import DiTConfig
 from inference.models.dit import CausalDiT, ChunkCamera
 from inference.models.dit_step import CompiledStep
-from tests.tolerance import assert_reorder_close, reorder_atol
+from tests.tolerance import reorder_atol
 
 ROOT = Path(__file__).resolve().parents[2]
+BF16_EPS = torch.finfo(torch.bfloat16).eps
+FLUSHED = 1.3e-38  # e^-87.3: the kernel's exp() returns 0 below it
 
 
 @pytest.fixture(scope="module")
 def kernel():
     if not cpu_kernels.load():
-        pytest.skip(f"the bf16 scores kernel cannot run here: {cpu_kernels.status()}")
+        pytest.skip(f"the bf16 attention kernel cannot run here: {cpu_kernels.status()}")
 
 
-def float32_scores(q, k, bias):
-    with cpu_kernels.disabled():
-        return scores_of(q, k, bias)
+def exact_probs(q, k, bias, scale):
+    """softmax(scale q k^T + bias) of the bfloat16 inputs in float64, as float32 (B*H, Lq, Lk)."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) * scale
+    if bias is not None:
+        scores = scores + bias.double()[:, None, None, :]
+    return torch.softmax(scores, dim=-1).flatten(0, 1).float()
 
 
-def assert_scores_close(got, want, head_dim, what):
-    """Equal infinities (hidden keys), finite scores within the reorder rule of head_dim-term float32 sums."""
-    assert got.dtype == torch.float32 and got.shape == want.shape, what
-    assert torch.equal(torch.isinf(got), torch.isinf(want)), f"{what}: hidden keys differ"
-    finite = torch.isfinite(want)
-    assert_reorder_close(got[finite], want[finite], terms=head_dim, what=what)
+def assert_probs_close(got, want, what):
+    """bfloat16 probabilities within one rounding of the exact ones (float32 scores and softmax add ~1e-6 of
+    relative error, far under bfloat16's 4e-3); hidden keys exactly 0; probabilities at the bottom of float32's
+    normal range (the kernel flushes exp() below e^-87.3 = 1.3e-38) count as 0."""
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape, what
+    err = (got.float() - want).abs()
+    bound = BF16_EPS * want + FLUSHED
+    assert bool((err <= bound).all()), f"{what}: {int((err > bound).sum())} probabilities off, worst {err.max():.3e}"
+    assert bool((got[want == 0] == 0).all()), f"{what}: a hidden key got probability"
 
 
 @pytest.mark.parametrize("batch,queries,keys,heads,dim", [
     (1, 180, 600, 8, 64),  # the issue-14 chunk against its window
     (2, 37, 65, 3, 16),  # rows and keys that fill no tile, text-sized key count
     (1, 5, 130, 2, 128),  # the real model's head_dim, one partial tile of rows
+    (1, 7, 1, 1, 2),  # one key
 ])
-def test_bf16_scores_equal_the_float32_path(kernel, batch, queries, keys, heads, dim):
+def test_bf16_probs_are_the_exact_ones_rounded(kernel, batch, queries, keys, heads, dim):
     g = torch.Generator().manual_seed(queries)
-    q = (2 * torch.randn(batch, queries, heads, dim, generator=g)).bfloat16()
-    k = (2 * torch.randn(batch, keys, heads, dim, generator=g)).bfloat16()
+    q = (3 * torch.randn(batch, queries, heads, dim, generator=g)).bfloat16()  # scores of tens: peaky rows
+    k = (3 * torch.randn(batch, keys, heads, dim, generator=g)).bfloat16()
     bias = torch.randn(batch, keys, generator=g)
-    bias[:, : keys // 5] = float("-inf")  # unfilled window slots
+    bias[:, 1: keys // 5 + 1] = float("-inf")  # unfilled window slots
     bias[-1, -1] = math.log(7)  # a compact text row standing for 7
     for b in (bias, None):
-        got = cpu_kernels.bf16_scores(q, k, b, dim ** -0.5)
-        assert_scores_close(got, float32_scores(q, k, b), dim, f"bias {b is not None}")
-    # strided views: a slice of heads (as the blocked direct path passes), keys inside a larger buffer
+        for scale in (dim ** -0.5, 0.3):
+            got = cpu_kernels.bf16_probs(q, k, b, scale)
+            assert_probs_close(got, exact_probs(q, k, b, scale), f"bias {b is not None} scale {scale}")
+    # strided views (a slice of heads, as the blocked direct path passes; keys inside a larger buffer): the same
+    # arithmetic as on contiguous copies
     store = torch.zeros(batch, keys + 9, heads + 2, dim, dtype=torch.bfloat16)
     store[:, 4:4 + keys, 1:1 + heads] = k
-    view = store[:, 4:4 + keys, 1:1 + heads]
-    part = q[:, :, 1:]
-    exact = torch.einsum("bqhd,bkhd->bhqk", part.double(), k[:, :, 1:].double()).flatten(0, 1) * 0.3
-    want = (exact + bias.repeat_interleave(heads - 1, 0)[:, None].double()).float()
-    assert_scores_close(cpu_kernels.bf16_scores(part, view[:, :, 1:], bias, 0.3), want, dim, "strided views")
+    assert torch.equal(cpu_kernels.bf16_probs(q[:, :, 1:], store[:, 4:4 + keys, 2:1 + heads], bias, 0.3),
+                       cpu_kernels.bf16_probs(q[:, :, 1:].contiguous(), k[:, :, 1:].contiguous(), bias, 0.3))
 
 
 def test_bf16_attention_with_the_kernel_is_the_float32_paths(kernel):
     """Whole attention calls (mask, log-count bias, peaky scores) agree with the float32 path's to the rounding of
-    their bfloat16 outputs: the scores differ only by the order of float32 sums."""
+    their bfloat16 probabilities and outputs."""
     g = torch.Generator().manual_seed(11)
     q, k = ((3 * torch.randn(2, 48, 4, 64, generator=g)).bfloat16() for _ in range(2))
     v = torch.randn(2, 48, 4, 64, generator=g).bfloat16()
@@ -101,7 +109,7 @@ def test_a_compiled_bf16_step_calls_the_kernel_and_equals_eager(kernel):
         want = model(x, y, t, camera, caches[0], [3 * index])
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             got = model(x, y, t, camera, caches[1], [3 * index], step=step, static=True)
-        calls = sum(e.count for e in prof.key_averages() if e.key == "lingbot_cpu::bf16_scores")
+        calls = sum(e.count for e in prof.key_averages() if e.key == "lingbot_cpu::bf16_probs")
         if index:  # (the first call also compiles, which runs the graph's ops on the side)
             assert calls == 2 * config.num_layers, f"chunk {index}: {calls} kernel calls in the compiled step"
         scale = float(want.abs().max())
@@ -123,7 +131,7 @@ def run_probe(env: dict) -> str:
 
 def test_turned_off_the_attention_says_so_and_multiplies_in_float32():
     out = run_probe({cpu_kernels.DISABLE_ENV: "0"})
-    assert out == ("direct (bf16 scores: float32 matmul (LINGBOT_CPU_KERNELS=0)) (1, 7, 2, 16) torch.bfloat16")
+    assert out == "direct (bf16: float32 matmul (LINGBOT_CPU_KERNELS=0)) (1, 7, 2, 16) torch.bfloat16"
 
 
 @pytest.mark.slow
@@ -135,5 +143,5 @@ def test_a_failed_build_is_reported_and_attention_still_works(tmp_path):
     out = run_probe({"CXX": str(failing), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
     if "this CPU has no AVX512-BF16" in out:
         pytest.skip("the kernel is not tried on this CPU, so no build can fail")
-    assert out.startswith("direct (bf16 scores: float32 matmul (build failed: ") and out.endswith(
+    assert out.startswith("direct (bf16: float32 matmul (build failed: ") and out.endswith(
         "(1, 7, 2, 16) torch.bfloat16"), out

@@ -20,7 +20,7 @@ def test_cpu_tensors_take_the_direct_path_and_match_softmax_attention():
     q, k, v = (torch.randn(2, 5, 3, 8, generator=g) for _ in range(3))
     assert attention_backend(q, k) == "direct" == backend_report(torch.device("cpu"), torch.float32, 64)
     # bfloat16 also says how its scores are multiplied (tests/model/test_cpu_kernels.py)
-    assert backend_report(torch.device("cpu"), torch.bfloat16, 64).startswith("direct (bf16 scores: ")
+    assert backend_report(torch.device("cpu"), torch.bfloat16, 64).startswith("direct (bf16: ")
     assert attention_backend(q.bfloat16(), k.bfloat16()) == "direct"
     # float32 against float64: one summation order against the exact sums, q.k (head_dim) then p.v (keys)
     assert_reorder_close(attention(q, k, v), reference_attention(q, k, v), terms=8 + 5)
