@@ -101,8 +101,8 @@ MSG
 fi
 
 if [ -z "$GPU_CC" ]; then
-  say "Building the CPU attention kernel (bf16 scores; once per machine, ~10-20 s)"
-  "$PY" -m inference.models.cpu_kernels | sed 's/^/    /' || echo "    not built: bf16 attention scores multiply in float32" >&2
+  say "Building the CPU attention kernel (bf16 scores + softmax; once per machine, ~10-20 s)"
+  "$PY" -m inference.models.cpu_kernels | sed 's/^/    /' || echo "    not built: bf16 attention multiplies in float32" >&2
 fi
 
 if [ "$DEV" = 1 ]; then
