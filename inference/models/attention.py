@@ -141,14 +141,16 @@ def direct_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out
 
 
-def direct_attention_bytes(batch: int, heads: int, queries: int, keys: int, head_dim: int, dtype_bytes: int) -> int:
-    """Peak transient bytes of one `direct_attention` call: its largest block's float32 scores, softmax and
-    probabilities in the input dtype, and the block's head-first copies of q, k (float32) and v."""
+def direct_attention_bytes(batch: int, heads: int, queries: int, keys: int, head_dim: int) -> int:
+    """Transient bytes one `direct_attention` call adds at a forward's peak: its largest block's float32 scores
+    and the head-first float32 copies of q and k they are made from. (Measured: the later softmax phase holds
+    the scores and the probabilities but meets fewer activations, so the scores' phase sets a forward's peak.)
+    The bfloat16 kernel (`cpu_kernels`) allocates less, its bfloat16 probabilities and packed keys: this figure
+    is an upper bound there."""
     per_head = queries * keys * 4
     block = batch * heads if batch * heads * per_head <= SCORE_BLOCK_BYTES else min(heads, max(
         1, SCORE_BLOCK_BYTES // per_head))
-    probs = 0 if dtype_bytes == 4 else dtype_bytes  # a float32 softmax is already the probabilities
-    return block * (queries * keys * (8 + probs) + head_dim * (4 * queries + (4 + dtype_bytes) * keys))
+    return block * (per_head + head_dim * 4 * (queries + keys))
 
 
 def attention_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

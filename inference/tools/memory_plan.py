@@ -266,7 +266,7 @@ class MemoryPlan:
         if d.direct_attention:  # on top of the attention phase's activations (measured with flash kernels)
             heads = c.num_heads // d.ulysses
             out["attention scores (direct path)"] = direct_attention_bytes(
-                batch, heads, tokens // batch, window_tokens, c.head_dim, p)
+                batch, heads, tokens // batch, window_tokens, c.head_dim)
         if d.dit_fsdp and d.gpus > 1:  # the running block and the prefetched next one, unsharded
             out["FSDP2 gathered blocks"] = 2 * dit_parameter_split(self.shapes.dit)[4] * p
         if d.weights == "fp8":  # weight-only path: one linear's weight dequantized at a time (cast, then scaled)

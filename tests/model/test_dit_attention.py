@@ -74,7 +74,7 @@ def test_large_score_tensors_are_computed_a_block_of_heads_at_a_time(monkeypatch
     k, v = torch.randn(2, 9, 5, 8, generator=g), torch.randn(2, 9, 5, 8, generator=g)
     mask = torch.arange(9)[None, :] < torch.tensor([9, 4])[:, None]
     whole = attention(q, k, v, mask)
-    assert module.direct_attention_bytes(2, 5, 6, 9, 8, 4) == 2 * 5 * (6 * 9 * 8 + 8 * (4 * 6 + 8 * 9))
+    assert module.direct_attention_bytes(2, 5, 6, 9, 8) == 2 * 5 * (6 * 9 * 4 + 8 * 4 * (6 + 9))
     monkeypatch.setattr(module, "SCORE_BLOCK_BYTES", 2 * 6 * 9 * 4)  # two heads of one item per block
     blocks, block = [], module.attention_block
 
@@ -85,5 +85,5 @@ def test_large_score_tensors_are_computed_a_block_of_heads_at_a_time(monkeypatch
     monkeypatch.setattr(module, "attention_block", counted)
     split = attention(q, k, v, mask)
     assert blocks == [2, 2, 1, 2, 2, 1]  # per item: heads 0-1, 2-3, 4
-    assert module.direct_attention_bytes(2, 5, 6, 9, 8, 4) == 2 * (6 * 9 * 8 + 8 * (4 * 6 + 8 * 9))
+    assert module.direct_attention_bytes(2, 5, 6, 9, 8) == 2 * (6 * 9 * 4 + 8 * 4 * (6 + 9))
     assert torch.equal(split, whole)
