@@ -93,8 +93,8 @@ class CompiledStep:
     def __init__(self, dit, mode: str = "default"):
         mode = compile_mode(mode)  # checked once, where make_step checks it
         self.frozen = dit.patch_embedding.weight.device.type == "cpu"
-        if self.frozen:
-            cpu_kernels.load()  # before tracing: the graph calls the bf16 scores op where it can run
+        if self.frozen and dit.patch_embedding.weight.dtype == torch.bfloat16:
+            cpu_kernels.load()  # before tracing: the graph calls the bf16 attention op where it can run
         # the CPU: the graph's kernels called from C++ (Python's per-kernel calls cost ~2 ms per step here)
         options: dict = {"cpp_wrapper": True} if self.frozen else {}
         if mode == "max-autotune":

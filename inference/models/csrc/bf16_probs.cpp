@@ -177,9 +177,9 @@ at::Tensor bf16_probs(const at::Tensor& q, const at::Tensor& k, const std::optio
   });
   // 2. every (item, head, 6 query rows): their scores over all keys into a per-thread buffer, then each row's
   // softmax from it
-  at::parallel_for(0, batch * heads * ((queries + kRows - 1) / kRows), 1, [&](int64_t begin, int64_t end) {
+  const int64_t row_tiles = (queries + kRows - 1) / kRows;
+  at::parallel_for(0, batch * heads * row_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(kRows * padded);
-    const int64_t row_tiles = (queries + kRows - 1) / kRows;
     for (int64_t index = begin; index < end; ++index) {
       const int64_t bh = index / row_tiles, row = index % row_tiles * kRows;
       const int64_t b = bh / heads, h = bh % heads;
